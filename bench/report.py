@@ -1,0 +1,98 @@
+"""Markdown rendering of a benchmark run: one column per target, plus each target's ratio to etcd."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from bench.targets import REFERENCE
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Average CPU cores busy during a measurement window."""
+
+    server: float
+    generator: float
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One workload's numbers, in the order of its rows."""
+
+    values: tuple[float, ...]
+    cpu: CpuUse | None = None
+
+
+@dataclass
+class TargetRun:
+    """Everything one target produced: numbers by workload, and the error of each workload that failed."""
+
+    measured: dict[str, Measured] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WorkloadRows:
+    name: str
+    rows: tuple[str, ...]
+
+
+def format_number(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    if value >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    aligns = ["---", *("---:" for _ in header[1:])]
+    return [f"| {' | '.join(cells)} |" for cells in [header, aligns, *rows]]
+
+
+def results_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> list[str]:
+    compared = [target for target in runs if target != REFERENCE] if REFERENCE in runs else []
+    header = ["workload"]
+    for target in runs:
+        header.append(target)
+        if target in compared:
+            header.append(f"{target} ÷ {REFERENCE}")
+
+    def cell(target: str, workload: str, row: int) -> float | None:
+        measured = runs[target].measured.get(workload)
+        return measured.values[row] if measured else None
+
+    lines = []
+    for workload in workloads:
+        for row, label in enumerate(workload.rows):
+            reference = cell(REFERENCE, workload.name, row) if compared else None
+            cells = [label]
+            for target in runs:
+                value = cell(target, workload.name, row)
+                cells.append("failed" if value is None else format_number(value))
+                if target in compared:
+                    ratio = None if value is None or not reference else value / reference
+                    cells.append("–" if ratio is None else f"{ratio:.2f}×")
+            lines.append(cells)
+    return markdown_table(header, lines)
+
+
+def cpu_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> list[str]:
+    header = ["CPU cores busy (server + generator)", *runs]
+    lines = []
+    for workload in workloads:
+        uses = [run.measured[workload.name].cpu if workload.name in run.measured else None for run in runs.values()]
+        if any(uses):
+            lines.append(
+                [workload.name, *(f"{use.server:.2f} + {use.generator:.2f}" if use else "–" for use in uses)]
+            )
+    return markdown_table(header, lines)
+
+
+def render(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun], notes: Sequence[str]) -> str:
+    lines = [*results_table(workloads, runs), "", *cpu_table(workloads, runs), ""]
+    lines += [f"- {note}" for note in notes]
+    for target, run in runs.items():
+        lines += [f"- {target} failed {workload}: {error}" for workload, error in run.failures.items()]
+    return "\n".join(lines) + "\n"

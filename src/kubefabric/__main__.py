@@ -1,0 +1,3 @@
+from kubefabric.cli import main
+
+main()

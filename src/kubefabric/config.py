@@ -1,0 +1,87 @@
+"""Settings: every command-line flag, its environment variable and its default, in one table."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float) -> float:
+    """Seconds in "90s", "5m", "1h30m", "250ms", or a plain number of seconds."""
+    if isinstance(text, int | float):
+        return float(text)
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"{text!r} is not a duration (examples: 30s, 5m, 1h, 250ms)")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    listen_address: str = "127.0.0.1:2379"
+    endpoint: str = "sqlite://./db/state.db"
+    metrics_address: str = "127.0.0.1:2381"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    compaction_interval: float = 300.0
+    compaction_retention: int = 1000
+    watch_progress_notify_interval: float = 5.0
+
+    @field_validator("listen_address", "metrics_address")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value == "":
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT")
+        return value
+
+    @field_validator("compaction_interval", "watch_progress_notify_interval", mode="before")
+    @classmethod
+    def _duration(cls, value: str | float) -> float:
+        return parse_duration(value)
+
+    @field_validator("compaction_retention")
+    @classmethod
+    def _not_negative(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError("must be 0 or more")
+        return value
+
+
+@dataclass(frozen=True)
+class Option:
+    flag: str
+    env: str
+    help: str
+
+    @property
+    def field(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+OPTIONS = [
+    Option("--listen-address", "KUBEFABRIC_LISTEN_ADDRESS", "address the etcd v3 gRPC API listens on"),
+    Option("--endpoint", "KUBEFABRIC_ENDPOINT", "database to keep the data in (sqlite://PATH)"),
+    Option("--metrics-address", "KUBEFABRIC_METRICS_ADDRESS", "address of the Prometheus /metrics endpoint; empty turns it off"),
+    Option("--log-level", "KUBEFABRIC_LOG_LEVEL", "debug, info, warning or error"),
+    Option("--compaction-interval", "KUBEFABRIC_COMPACTION_INTERVAL", "how often old revisions are compacted automatically; 0 turns it off"),
+    Option("--compaction-retention", "KUBEFABRIC_COMPACTION_RETENTION", "revisions automatic compaction keeps"),
+    Option(
+        "--watch-progress-notify-interval",
+        "KUBEFABRIC_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        "how often watchers that asked for progress notifications get one",
+    ),
+]

@@ -1,0 +1,483 @@
+"""etcd's key-value semantics over a Store: revisions, transactions, compaction, durability.
+
+Writes are evaluated one at a time under a lock, each against the state left by the writes before
+it, and queued for the committer. The committer persists everything queued as one database
+transaction (group commit), and only then acknowledges the writes and publishes their events.
+So many clients share one fsync, yet no write is acknowledged, and no event or read shows a
+revision, before it is durable.
+
+Writes evaluated while earlier ones are still being committed read those through `_pending`, the
+not-yet-durable latest version of each key they touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Container, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from kubefabric.core._errors import Compacted, FutureRevision, KeyNotFound, LeaseNotFound, Unavailable
+from kubefabric.core._ops import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteOp,
+    DeleteResult,
+    Op,
+    OpResult,
+    PutOp,
+    PutResult,
+    RangeOp,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnOp,
+    TxnResult,
+    in_range,
+    is_read_only,
+)
+from kubefabric.core._validate import check_key, check_put, check_txn
+from kubefabric.stores import Change, KeyValue, RangeRows, Store, StoredState, StoreUnavailable, WriteBatch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The not-yet-durable state of a key deleted by a pending write.
+_DELETED = KeyValue(b"", 0, 0, 0, b"", 0)
+
+_SORT_KEYS: dict[SortTarget, Callable[[KeyValue], object]] = {
+    SortTarget.KEY: lambda kv: kv.key,
+    SortTarget.VERSION: lambda kv: kv.version,
+    SortTarget.CREATE: lambda kv: kv.create_revision,
+    SortTarget.MOD: lambda kv: kv.mod_revision,
+    SortTarget.VALUE: lambda kv: kv.value,
+}
+
+
+@dataclass(slots=True)
+class Commit:
+    """What one write request persists, and the future its caller awaits."""
+
+    revision: int | None  # None for writes that do not move the revision (lease grants)
+    changes: list[Change] = field(default_factory=list)
+    granted_leases: list[tuple[int, int]] = field(default_factory=list)
+    revoked_leases: list[int] = field(default_factory=list)
+    compact_revision: int | None = None
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+CommitListener = Callable[[Commit], None]
+
+
+class Mvcc:
+    """One revision sequence over one store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.revision = 0  # last revision assigned to a write (may not be durable yet)
+        self.durable_revision = 0  # last revision the store has made durable
+        self.compact_revision = 0
+        self.identity = 0
+        self.known_leases: Container[int] = ()  # the lessor's granted leases; puts may name only these
+        self._write_lock = asyncio.Lock()
+        self._pending: dict[bytes, KeyValue] = {}
+        self._queue: list[Commit] = []
+        self._queued = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._listeners: list[CommitListener] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def open(self) -> StoredState:
+        state = await self.store.open()
+        self.revision = self.durable_revision = state.revision
+        self.compact_revision = state.compact_revision
+        self.identity = state.identity
+        self._committer = asyncio.create_task(self._commit_forever(), name="committer")
+        return state
+
+    async def close(self) -> None:
+        """Finish every queued commit, then stop."""
+        await self._idle.wait()
+        if self._committer is not None:
+            self._committer.cancel()
+        await self.store.close()
+
+    def on_commit(self, listener: CommitListener) -> None:
+        """Call `listener` with each commit once it is durable, in revision order."""
+        self._listeners.append(listener)
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def check_revision(self, revision: int) -> None:
+        if revision > self.durable_revision:
+            raise FutureRevision()
+        if 0 < revision < self.compact_revision:
+            raise Compacted()
+
+    async def range(self, op: RangeOp) -> RangeResult:
+        check_key(op)
+        self.check_revision(op.revision)
+        return await _execute_range(op, _StoreReader(self.store), None)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def put(self, op: PutOp) -> PutResult:
+        check_put(op)
+        result = await self._write(lambda txn: txn.put(op))
+        assert isinstance(result, PutResult)
+        return result
+
+    async def delete(self, op: DeleteOp) -> DeleteResult:
+        check_key(op)
+        result = await self._write(lambda txn: txn.delete(op))
+        assert isinstance(result, DeleteResult)
+        return result
+
+    async def txn(self, op: TxnOp) -> TxnResult:
+        check_txn(op)
+        if is_read_only(op):
+            # A consistent snapshot at one durable revision; no lock, no queue.
+            reader = _StoreReader(self.store, revision=self.durable_revision)
+            return await _Txn(self, reader, self.durable_revision).run(op)
+        result = await self._write(lambda txn: txn.run(op))
+        assert isinstance(result, TxnResult)
+        return result
+
+    async def write(
+        self, evaluate: Callable[[_Txn], Awaitable[T]], revoked_leases: tuple[int, ...] = ()
+    ) -> T:
+        """Evaluate a write with every earlier write durable first (for lease revocation)."""
+        return await self._write(evaluate, revoked_leases, drain_first=True)
+
+    async def _write(
+        self,
+        evaluate: Callable[[_Txn], Awaitable[T]],
+        revoked_leases: tuple[int, ...] = (),
+        drain_first: bool = False,
+    ) -> T:
+        async with self._write_lock:
+            if drain_first:
+                await self.drain()
+            txn = _Txn(self, _PendingReader(self), self.revision)
+            result = await evaluate(txn)
+            if txn.changes or revoked_leases:
+                if txn.changes:
+                    self.revision = txn.write_revision
+                for change in txn.changes:
+                    self._pending[change.kv.key] = _DELETED if change.is_delete else change.kv
+                commit = Commit(self.revision if txn.changes else None, txn.changes)
+                commit.revoked_leases.extend(revoked_leases)
+                done = self._enqueue(commit)
+            else:
+                done = self._durable(self.revision)
+        await done
+        return result
+
+    async def record(self, commit: Commit) -> None:
+        """Persist a commit that moves no revision (lease grant, revoke, compaction mark)."""
+        async with self._write_lock:
+            done = self._enqueue(commit)
+        await done
+
+    async def drain(self) -> None:
+        """Wait until everything assigned so far is durable (the caller holds the write lock)."""
+        await self._durable(self.revision)
+
+    async def locked(self, work: Callable[[], Awaitable[T]]) -> T:
+        """Run `work` with writes held off, once every earlier write is durable."""
+        async with self._write_lock:
+            await self.drain()
+            return await work()
+
+    # -- compaction ----------------------------------------------------------------------------
+
+    async def compact(self, revision: int, physical: bool) -> int:
+        """Mark `revision` compacted durably; remove old versions (waiting for it when physical)."""
+
+        async def mark() -> None:
+            if revision <= self.compact_revision:
+                raise Compacted()
+            if revision > self.revision:
+                raise FutureRevision()
+            self.compact_revision = revision
+            commit = Commit(None, compact_revision=revision)
+            await self._enqueue(commit)
+
+        await self.locked(mark)
+        log.info("compacted to revision %d", revision)
+        removal = asyncio.create_task(self.store.compact(revision), name=f"compact-{revision}")
+        self._background.add(removal)
+        removal.add_done_callback(self._background.discard)
+        if physical:
+            await removal
+        return self.revision
+
+    # -- commit pipeline -----------------------------------------------------------------------
+
+    def _enqueue(self, commit: Commit) -> asyncio.Future[None]:
+        self._queue.append(commit)
+        self._idle.clear()
+        self._queued.set()
+        return commit.done
+
+    def _durable(self, revision: int) -> asyncio.Future[None]:
+        """A future that completes once `revision` is durable (or fails with the commit)."""
+        if revision <= self.durable_revision and not self._queue:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+        return self._enqueue(Commit(None))
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                commits, self._queue = self._queue, []
+                await self._commit(commits)
+            self._idle.set()
+
+    async def _commit(self, commits: list[Commit]) -> None:
+        revision = max((c.revision for c in commits if c.revision is not None), default=self.durable_revision)
+        batch = WriteBatch(revision)
+        for commit in commits:
+            batch.changes.extend(commit.changes)
+            batch.granted_leases.extend(commit.granted_leases)
+            batch.revoked_leases.extend(commit.revoked_leases)
+            if commit.compact_revision is not None:
+                batch.compact_revision = commit.compact_revision
+        try:
+            if batch.changes or batch.granted_leases or batch.revoked_leases or batch.compact_revision:
+                await self.store.write(batch)
+        except Exception as error:  # noqa: BLE001 - every failure must fail the waiting writers
+            self._fail(commits, error)
+            return
+        self.durable_revision = revision
+        for commit in commits:
+            for change in commit.changes:
+                if self._pending.get(change.kv.key) in (change.kv, _DELETED):
+                    del self._pending[change.kv.key]
+            for listener in self._listeners:
+                listener(commit)
+            commit.done.set_result(None)
+
+    def _fail(self, commits: list[Commit], error: Exception) -> None:
+        """Undo every write not yet durable: they were evaluated on top of the failed ones."""
+        log.error("commit of revision %d failed: %s", commits[-1].revision or self.revision, error)
+        failed = commits + self._queue
+        self._queue = []
+        self._pending.clear()
+        self.revision = self.durable_revision
+        if isinstance(error, StoreUnavailable):
+            reason: Exception = Unavailable(str(error))
+        else:
+            reason = error
+        for commit in failed:
+            if not commit.done.done():
+                commit.done.set_exception(reason)
+
+
+# -- reading state -------------------------------------------------------------------------------
+
+
+class _StoreReader:
+    """Reads what is durable: at the head, or at one fixed revision for a consistent snapshot."""
+
+    def __init__(self, store: Store, revision: int = 0) -> None:
+        self.store = store
+        self.revision = revision
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        return await self.store.range(start, end, revision or self.revision, limit, keys_only, count_only)
+
+
+class _PendingReader:
+    """Reads the latest state, writes not yet durable included, to evaluate the next write."""
+
+    def __init__(self, mvcc: Mvcc) -> None:
+        self.mvcc = mvcc
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        if end is None and revision == 0:
+            kv = self.mvcc._pending.get(start)
+            if kv is None:
+                kv = await self.mvcc.store.latest(start)
+            kvs = [] if kv is None or kv is _DELETED else [kv]
+            if keys_only:
+                kvs = [kv._replace(value=b"") for kv in kvs]
+            return RangeRows([] if count_only else kvs, len(kvs), self.mvcc.revision)
+        # Multi-key and historical reads come from the store alone: first let pending writes land.
+        await self.mvcc.drain()
+        return await self.mvcc.store.range(start, end, revision, limit, keys_only, count_only)
+
+
+Reader = _StoreReader | _PendingReader
+
+
+async def _execute_range(
+    op: RangeOp, reader: Reader, header_revision: int | None, local: dict[bytes, KeyValue | None] | None = None
+) -> RangeResult:
+    """etcd's executeRange: fetch, filter by revision, sort, truncate.
+
+    `local` holds a txn's own writes so far, which its reads at the head must see.
+    `header_revision` None reports the revision of the snapshot the rows came from.
+    """
+    default_order = op.sort_order == SortOrder.NONE or (
+        op.sort_target == SortTarget.KEY and op.sort_order == SortOrder.ASCEND
+    )
+    has_filters = bool(op.min_mod_revision or op.max_mod_revision or op.min_create_revision or op.max_create_revision)
+    touched = [key for key in local or () if in_range(key, op.key, op.end)] if op.revision == 0 else []
+    fetch_limit = op.limit + 1 if op.limit > 0 and default_order and not has_filters and not touched else 0
+    rows = await reader.range(op.key, op.end, op.revision, fetch_limit, op.keys_only, op.count_only and not touched)
+    kvs, count = rows.kvs, rows.count
+    if touched:
+        assert local is not None
+        merged = {kv.key: kv for kv in kvs}
+        for key in touched:
+            kv = local[key]
+            if kv is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = kv._replace(value=b"") if op.keys_only else kv
+        kvs = [] if op.count_only else [merged[key] for key in sorted(merged)]
+        count = len(merged)
+    if op.max_mod_revision:
+        kvs = [kv for kv in kvs if kv.mod_revision <= op.max_mod_revision]
+    if op.min_mod_revision:
+        kvs = [kv for kv in kvs if kv.mod_revision >= op.min_mod_revision]
+    if op.max_create_revision:
+        kvs = [kv for kv in kvs if kv.create_revision <= op.max_create_revision]
+    if op.min_create_revision:
+        kvs = [kv for kv in kvs if kv.create_revision >= op.min_create_revision]
+    order = op.sort_order
+    if op.sort_target != SortTarget.KEY and order == SortOrder.NONE:
+        order = SortOrder.ASCEND
+    if order == SortOrder.DESCEND and op.sort_target == SortTarget.KEY:
+        kvs.reverse()
+    elif order != SortOrder.NONE and op.sort_target != SortTarget.KEY:
+        # Stable, on key-ordered input: ties keep key order.
+        kvs = sorted(kvs, key=_SORT_KEYS[op.sort_target], reverse=order == SortOrder.DESCEND)
+    more = op.limit > 0 and len(kvs) > op.limit
+    if more:
+        kvs = kvs[: op.limit]
+    return RangeResult(rows.revision if header_revision is None else header_revision, kvs, count, more)
+
+
+class _Txn:
+    """One transaction's evaluation. Its reads see its own earlier writes, as etcd's do."""
+
+    def __init__(self, mvcc: Mvcc, reader: Reader, revision: int) -> None:
+        self.mvcc = mvcc
+        self.reader = reader
+        self.base_revision = revision
+        self.write_revision = revision + 1
+        self.local: dict[bytes, KeyValue | None] = {}
+        self.changes: list[Change] = []
+
+    @property
+    def current_revision(self) -> int:
+        return self.write_revision if self.changes else self.base_revision
+
+    async def keys_in(self, key: bytes, end: bytes | None) -> list[KeyValue]:
+        result = await _execute_range(RangeOp(key, end), self.reader, self.current_revision, self.local)
+        return result.kvs
+
+    async def put(self, op: PutOp) -> PutResult:
+        if op.lease and op.lease not in self.mvcc.known_leases:
+            raise LeaseNotFound()
+        found = await self.keys_in(op.key, None)
+        prev = found[0] if found else None
+        if (op.ignore_value or op.ignore_lease) and prev is None:
+            raise KeyNotFound()
+        value = prev.value if op.ignore_value and prev else op.value
+        lease = prev.lease if op.ignore_lease and prev else op.lease
+        revision = self.write_revision
+        if prev is None:
+            kv = KeyValue(op.key, revision, revision, 1, value, lease)
+        else:
+            kv = KeyValue(op.key, prev.create_revision, revision, prev.version + 1, value, lease)
+        self.local[op.key] = kv
+        self.changes.append(Change(kv, len(self.changes), prev))
+        return PutResult(revision, prev if op.prev_kv else None)
+
+    async def delete(self, op: DeleteOp) -> DeleteResult:
+        victims = await self.keys_in(op.key, op.end)
+        for prev in victims:
+            self.local[prev.key] = None
+            tombstone = KeyValue(prev.key, 0, self.write_revision, 0, b"", 0)
+            self.changes.append(Change(tombstone, len(self.changes), prev))
+        return DeleteResult(self.current_revision, len(victims), victims if op.prev_kv else [])
+
+    async def range(self, op: RangeOp) -> RangeResult:
+        # Checked against the revision the txn started at, as etcd's checkTxn does.
+        if op.revision > self.base_revision:
+            raise FutureRevision()
+        if 0 < op.revision < self.mvcc.compact_revision:
+            raise Compacted()
+        return await _execute_range(op, self.reader, self.current_revision, self.local)
+
+    async def run(self, txn: TxnOp) -> TxnResult:
+        # etcd evaluates every compare on the chosen path, nested ones too, before any op runs.
+        path = iter(await self._path(txn))
+        return await self._apply(txn, path)
+
+    async def _path(self, txn: TxnOp) -> list[bool]:
+        succeeded = True
+        for compare in txn.compare:
+            if not await self._holds(compare):
+                succeeded = False
+                break
+        path = [succeeded]
+        for op in txn.success if succeeded else txn.failure:
+            if isinstance(op, TxnOp):
+                path.extend(await self._path(op))
+        return path
+
+    async def _apply(self, txn: TxnOp, path: Iterator[bool]) -> TxnResult:
+        succeeded = next(path)
+        responses: list[OpResult] = []
+        for op in txn.success if succeeded else txn.failure:
+            if isinstance(op, RangeOp):
+                responses.append(await self.range(op))
+            elif isinstance(op, PutOp):
+                responses.append(await self.put(op))
+            elif isinstance(op, DeleteOp):
+                responses.append(await self.delete(op))
+            else:
+                responses.append(await self._apply(op, path))
+        return TxnResult(self.current_revision, succeeded, responses)
+
+    async def _holds(self, compare: Compare) -> bool:
+        kvs = await self.keys_in(compare.key, compare.end)
+        if not kvs:
+            if compare.target == CompareTarget.VALUE:
+                return False  # a missing key has no value to compare with
+            return _compare(compare, KeyValue(compare.key, 0, 0, 0, b"", 0))
+        return all(_compare(compare, kv) for kv in kvs)
+
+
+def _compare(compare: Compare, kv: KeyValue) -> bool:
+    actual: int | bytes
+    expected: int | bytes
+    if compare.target == CompareTarget.VALUE:
+        actual = kv.value
+        expected = compare.operand if isinstance(compare.operand, bytes) else b""
+    else:
+        actual = (kv.version, kv.create_revision, kv.mod_revision, 0, kv.lease)[compare.target]
+        expected = compare.operand if isinstance(compare.operand, int) else 0
+    outcome = (actual > expected) - (actual < expected)  # type: ignore[operator]
+    if compare.result == CompareResult.EQUAL:
+        return outcome == 0
+    if compare.result == CompareResult.NOT_EQUAL:
+        return outcome != 0
+    if compare.result == CompareResult.GREATER:
+        return outcome > 0
+    return outcome < 0

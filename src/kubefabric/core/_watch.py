@@ -1,0 +1,178 @@
+"""Watchers: every event after a start revision, once, in order, whole transactions at a time.
+
+A watcher is either synced, receiving each durable commit from `publish` into a bounded queue, or
+catching up, reading history pages from the store. A synced watcher whose consumer falls behind
+drops its queue and goes back to catching up from the store, so a slow watcher costs its own
+latency, never the writers' or other watchers'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from kubefabric.core._mvcc import Commit, Mvcc
+from kubefabric.core._ops import in_range
+from kubefabric.stores import Change
+
+log = logging.getLogger(__name__)
+
+# Events a synced watcher may hold undelivered before it falls back to reading the store.
+QUEUE_LIMIT = 4096
+# Changes read from the store per catch-up page.
+PAGE_SIZE = 1000
+
+
+@dataclass(slots=True)
+class WatchBatch:
+    """Events for one response, or the notice that the watcher's start was compacted away."""
+
+    events: list[Change]
+    revision: int  # every event up to this revision has been delivered
+    compact_revision: int = 0
+
+
+Deliver = Callable[[WatchBatch], Awaitable[None]]
+
+
+class Watcher:
+    def __init__(
+        self,
+        hub: WatchHub,
+        key: bytes,
+        end: bytes | None,
+        start_revision: int,
+        no_put: bool,
+        no_delete: bool,
+    ) -> None:
+        self._hub = hub
+        self.key, self.end = key, end
+        self._no_put, self._no_delete = no_put, no_delete
+        self.next_revision = start_revision if start_revision > 0 else hub.revision + 1
+        self.synced = self.next_revision > hub.revision
+        self._queue: deque[tuple[int, list[Change]]] = deque()
+        self._queued_events = 0
+        self._wakeup = asyncio.Event()
+        self._delivering = False
+        self._idle = asyncio.Event()
+
+    @property
+    def idle(self) -> bool:
+        """Synced with nothing left to deliver: every event up to the hub's revision is out."""
+        return self.synced and not self._queue and not self._delivering
+
+    async def wait_idle(self) -> None:
+        while not self.idle:
+            self._idle.clear()
+            await self._idle.wait()
+
+    def _matching(self, changes: list[Change]) -> list[Change]:
+        return [
+            change
+            for change in changes
+            if in_range(change.kv.key, self.key, self.end)
+            and not (self._no_put and not change.is_delete)
+            and not (self._no_delete and change.is_delete)
+        ]
+
+    def _offer(self, revision: int, changes: list[Change]) -> None:
+        """A durable commit, from the hub, while synced."""
+        if revision < self.next_revision:
+            return  # a watch that starts in the future
+        events = self._matching(changes)
+        if not events:
+            return
+        if self._queued_events + len(events) > QUEUE_LIMIT:
+            # Too far behind: forget the queue and re-read it from the store later.
+            self.synced = False
+            self.next_revision = self._queue[0][0] if self._queue else revision
+            self._queue.clear()
+            self._queued_events = 0
+        else:
+            self._queue.append((revision, events))
+            self._queued_events += len(events)
+        self._wakeup.set()
+
+    async def run(self, deliver: Deliver) -> None:
+        """Deliver batches until cancelled or compacted away."""
+        while True:
+            if not self.synced:
+                batch = await self._catch_up()
+                if batch is None:
+                    continue
+            elif self._queue:
+                revision, events = self._queue.popleft()
+                while self._queue and len(events) < PAGE_SIZE:
+                    revision, more = self._queue.popleft()
+                    events = events + more
+                self._queued_events = sum(len(queued) for _, queued in self._queue)
+                batch = WatchBatch(events, revision)
+            else:
+                self._idle.set()
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            self._delivering = True
+            try:
+                await deliver(batch)
+            finally:
+                self._delivering = False
+            if batch.compact_revision:
+                return
+            if self.idle:
+                self._idle.set()
+
+    async def _catch_up(self) -> WatchBatch | None:
+        hub = self._hub
+        if self.next_revision < hub.compact_revision:
+            return WatchBatch([], hub.revision, compact_revision=hub.compact_revision)
+        until = hub.revision
+        changes = await hub.mvcc.store.changes(self.next_revision - 1, until, PAGE_SIZE)
+        if self.next_revision < hub.compact_revision:
+            # Compacted while reading: the page may have lost rows.
+            return WatchBatch([], hub.revision, compact_revision=hub.compact_revision)
+        if len(changes) >= PAGE_SIZE:
+            until = changes[-1].kv.mod_revision
+        self.next_revision = until + 1
+        if self.next_revision > hub.revision:
+            self.synced = True  # no await since reading hub.revision: nothing was missed
+        events = self._matching(changes)
+        return WatchBatch(events, until) if events else None
+
+
+class WatchHub:
+    """Fans durable commits out to watchers."""
+
+    def __init__(self, mvcc: Mvcc) -> None:
+        self.mvcc = mvcc
+        self._watchers: set[Watcher] = set()
+        mvcc.on_commit(self._publish)
+
+    @property
+    def revision(self) -> int:
+        return self.mvcc.durable_revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self.mvcc.compact_revision
+
+    def watch(self, key: bytes, end: bytes | None, start_revision: int, no_put: bool, no_delete: bool) -> Watcher:
+        watcher = Watcher(self, key, end, start_revision, no_put, no_delete)
+        self._watchers.add(watcher)
+        return watcher
+
+    def cancel(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+
+    def __len__(self) -> int:
+        return len(self._watchers)
+
+    def _publish(self, commit: Commit) -> None:
+        if commit.revision is None or not commit.changes:
+            return
+        for watcher in self._watchers:
+            if watcher.synced:
+                watcher._offer(commit.revision, commit.changes)

@@ -1,0 +1,45 @@
+"""The etcd v3 gRPC services: translate wire requests into core calls and core results back."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from kubefabric.core import Core
+from kubefabric.protocol._common import GRPC_RECEIVE_LIMIT, Headers
+from kubefabric.protocol._kv import KVService
+from kubefabric.protocol._lease import LeaseService
+from kubefabric.protocol._maintenance import ETCD_VERSION, AuthService, ClusterService, MaintenanceService
+from kubefabric.protocol._watch import WatchService
+from kubefabric.protocol.etcdpb import rpc_pb2_grpc
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_concurrent_streams", 2**31 - 1),
+    # kube-apiserver's etcd client pings idle connections; gRPC's defaults would answer those
+    # pings with GOAWAY "too many pings". Accept them the way etcd does.
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 2 * 60 * 60 * 1000),
+    ("grpc.keepalive_timeout_ms", 20 * 1000),
+]
+
+
+def build_server(core: Core, client_url: str, progress_interval: float) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """An unstarted gRPC server with every etcd v3 service and the gRPC health service."""
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    headers = Headers(core)
+    rpc_pb2_grpc.add_KVServicer_to_server(KVService(core, headers), server)
+    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(core, headers, progress_interval), server)
+    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(core, headers), server)
+    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(core, headers), server)
+    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(headers, client_url), server)
+    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(headers), server)
+    health_service = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    return server, health_service
+
+
+__all__ = ["ETCD_VERSION", "build_server", "health_pb2"]

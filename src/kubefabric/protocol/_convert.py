@@ -1,0 +1,162 @@
+"""Wire messages to core operations and core results back to wire messages."""
+
+from __future__ import annotations
+
+from kubefabric.core import (
+    Compare,
+    CompareResult,
+    CompareTarget,
+    DeleteOp,
+    DeleteResult,
+    Op,
+    OpResult,
+    PutOp,
+    PutResult,
+    RangeOp,
+    RangeResult,
+    SortOrder,
+    SortTarget,
+    TxnOp,
+    TxnResult,
+    key_range_end,
+)
+from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.stores import Change, KeyValue
+
+Header = rpc_pb2.ResponseHeader
+
+
+def kv_message(kv: KeyValue) -> kv_pb2.KeyValue:
+    return kv_pb2.KeyValue(
+        key=kv.key,
+        create_revision=kv.create_revision,
+        mod_revision=kv.mod_revision,
+        version=kv.version,
+        value=kv.value,
+        lease=kv.lease,
+    )
+
+
+def event_message(change: Change, with_prev: bool) -> kv_pb2.Event:
+    if change.is_delete:
+        event = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv_pb2.KeyValue(key=change.kv.key, mod_revision=change.kv.mod_revision))
+    else:
+        event = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=kv_message(change.kv))
+    if with_prev and change.prev is not None:
+        event.prev_kv.CopyFrom(kv_message(change.prev))
+    return event
+
+
+def range_op(request: rpc_pb2.RangeRequest) -> RangeOp:
+    return RangeOp(
+        key=request.key,
+        end=key_range_end(request.range_end),
+        limit=request.limit,
+        revision=request.revision,
+        sort_order=SortOrder(request.sort_order),
+        sort_target=SortTarget(request.sort_target),
+        serializable=request.serializable,
+        keys_only=request.keys_only,
+        count_only=request.count_only,
+        min_mod_revision=request.min_mod_revision,
+        max_mod_revision=request.max_mod_revision,
+        min_create_revision=request.min_create_revision,
+        max_create_revision=request.max_create_revision,
+    )
+
+
+def put_op(request: rpc_pb2.PutRequest) -> PutOp:
+    return PutOp(
+        key=request.key,
+        value=request.value,
+        lease=request.lease,
+        prev_kv=request.prev_kv,
+        ignore_value=request.ignore_value,
+        ignore_lease=request.ignore_lease,
+    )
+
+
+def delete_op(request: rpc_pb2.DeleteRangeRequest) -> DeleteOp:
+    return DeleteOp(key=request.key, end=key_range_end(request.range_end), prev_kv=request.prev_kv)
+
+
+def _compare(compare: rpc_pb2.Compare) -> Compare:
+    operand: int | bytes
+    union = compare.WhichOneof("target_union")
+    if union is None:
+        operand = 0
+    else:
+        operand = getattr(compare, union)
+    return Compare(
+        key=compare.key,
+        end=key_range_end(compare.range_end),
+        target=CompareTarget(compare.target),
+        result=CompareResult(compare.result),
+        operand=operand,
+    )
+
+
+def _request_op(request: rpc_pb2.RequestOp) -> Op | None:
+    kind = request.WhichOneof("request")
+    if kind == "request_range":
+        return range_op(request.request_range)
+    if kind == "request_put":
+        return put_op(request.request_put)
+    if kind == "request_delete_range":
+        return delete_op(request.request_delete_range)
+    if kind == "request_txn":
+        return txn_op(request.request_txn)
+    return None
+
+
+class EmptyRequestOp(Exception):
+    """A RequestOp with nothing set; etcd answers it with "key not found"."""
+
+
+def txn_op(request: rpc_pb2.TxnRequest) -> TxnOp:
+    def ops(requests: list[rpc_pb2.RequestOp]) -> list[Op]:
+        converted = [_request_op(op) for op in requests]
+        if any(op is None for op in converted):
+            raise EmptyRequestOp()
+        return converted  # type: ignore[return-value]
+
+    return TxnOp([_compare(c) for c in request.compare], ops(request.success), ops(request.failure))
+
+
+def range_response(result: RangeResult, header: Header) -> rpc_pb2.RangeResponse:
+    header.revision = result.revision
+    return rpc_pb2.RangeResponse(
+        header=header, kvs=[kv_message(kv) for kv in result.kvs], count=result.count, more=result.more
+    )
+
+
+def put_response(result: PutResult, header: Header) -> rpc_pb2.PutResponse:
+    header.revision = result.revision
+    response = rpc_pb2.PutResponse(header=header)
+    if result.prev_kv is not None:
+        response.prev_kv.CopyFrom(kv_message(result.prev_kv))
+    return response
+
+
+def delete_response(result: DeleteResult, header: Header) -> rpc_pb2.DeleteRangeResponse:
+    header.revision = result.revision
+    return rpc_pb2.DeleteRangeResponse(
+        header=header, deleted=result.deleted, prev_kvs=[kv_message(kv) for kv in result.prev_kvs]
+    )
+
+
+def txn_response(result: TxnResult, header: Header) -> rpc_pb2.TxnResponse:
+    # etcd fills cluster and member only in the outer header; nested ones carry just the revision.
+    def op_response(op: OpResult) -> rpc_pb2.ResponseOp:
+        if isinstance(op, RangeResult):
+            return rpc_pb2.ResponseOp(response_range=range_response(op, Header()))
+        if isinstance(op, PutResult):
+            return rpc_pb2.ResponseOp(response_put=put_response(op, Header()))
+        if isinstance(op, DeleteResult):
+            return rpc_pb2.ResponseOp(response_delete_range=delete_response(op, Header()))
+        return rpc_pb2.ResponseOp(response_txn=txn_response(op, Header()))
+
+    header.revision = result.revision
+    return rpc_pb2.TxnResponse(
+        header=header, succeeded=result.succeeded, responses=[op_response(op) for op in result.responses]
+    )

@@ -1,0 +1,128 @@
+"""The Store interface every database implements, and the rows it exchanges with the core.
+
+A store persists what the core decides: it never picks revisions, evaluates compares or keeps
+watchers. Each key version is one row valid for the revisions [mod_revision, superseded): the
+live version has `superseded == LIVE`; a deletion is a tombstone row (version 0) whose interval is
+empty. That makes "the state at revision R" one indexed predicate, `mod_revision <= R < superseded`,
+and compaction one: delete rows with `superseded <= C`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
+
+# `superseded` of a version nobody has replaced yet; larger than any revision.
+LIVE = 1 << 62
+
+
+class KeyValue(NamedTuple):
+    key: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    value: bytes
+    lease: int
+
+
+class Change(NamedTuple):
+    """One key written at one revision: a new version, or a tombstone when `kv.version == 0`."""
+
+    kv: KeyValue
+    sub: int  # position within its revision: events of one txn keep their order
+    prev: KeyValue | None  # the version this one supersedes
+
+    @property
+    def is_delete(self) -> bool:
+        return self.kv.version == 0
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one durable database transaction must persist (several core commits, grouped)."""
+
+    revision: int  # the store's revision once this batch is durable
+    changes: list[Change] = field(default_factory=list)
+    granted_leases: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl seconds)
+    revoked_leases: list[int] = field(default_factory=list)
+    compact_revision: int | None = None
+
+
+class RangeRows(NamedTuple):
+    kvs: list[KeyValue]
+    count: int
+    revision: int  # the store's revision in the snapshot the rows were read from
+
+
+def split_batch(batch: WriteBatch) -> tuple[list[tuple[int, bytes, int]], list[tuple[object, ...]]]:
+    """Turn a batch into (supersede updates, inserts) that can run as two bulk statements.
+
+    A version both written and superseded inside the batch is inserted with its final `superseded`,
+    so the updates only touch rows that existed before the batch and order no longer matters.
+    Updates are (superseded, key, mod_revision); inserts follow the column order of `ROW_COLUMNS`.
+    """
+    inserts: dict[tuple[bytes, int], list[object]] = {}
+    updates: list[tuple[int, bytes, int]] = []
+    for kv, sub, prev in batch.changes:
+        if prev is not None:
+            pending = inserts.get((prev.key, prev.mod_revision))
+            if pending is None:
+                updates.append((kv.mod_revision, prev.key, prev.mod_revision))
+            else:
+                pending[3] = kv.mod_revision
+        superseded = kv.mod_revision if kv.version == 0 else LIVE
+        inserts[(kv.key, kv.mod_revision)] = [
+            kv.key, kv.mod_revision, sub, superseded, kv.create_revision, kv.version, kv.lease, kv.value
+        ]
+    return updates, [tuple(row) for row in inserts.values()]
+
+
+# Column order of an inserted row, shared by every SQL store.
+ROW_COLUMNS = ("key", "mod_revision", "sub", "superseded", "create_revision", "version", "lease", "value")
+
+
+@dataclass(slots=True)
+class StoredState:
+    """What a store remembers across restarts."""
+
+    revision: int
+    compact_revision: int
+    leases: dict[int, int]  # lease id -> granted ttl
+    leased_keys: list[tuple[int, bytes]]  # (lease id, key) of live keys that carry a lease
+    identity: int  # random id made when the database was created: cluster and member id
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached; the request may succeed later."""
+
+
+class Store(Protocol):
+    """A database that keeps etcd's key-value history."""
+
+    async def open(self) -> StoredState:
+        """Connect, create or migrate the schema, and return the persisted state."""
+
+    async def close(self) -> None: ...
+
+    async def write(self, batch: WriteBatch) -> None:
+        """Persist the batch atomically; return only once it is durable."""
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        """Keys in [start, end) (end None: only start; b"": no upper bound) as of `revision`.
+
+        `count` is the number of keys in the range ignoring `limit`; `limit` 0 means no limit.
+        """
+
+    async def latest(self, key: bytes) -> KeyValue | None:
+        """The live version of one key."""
+
+    async def changes(self, after: int, until: int, limit: int) -> list[Change]:
+        """Changes with after < revision <= until, in revision and sub order, `prev` filled in."""
+
+    async def compact(self, revision: int) -> None:
+        """Drop every version no read at revision >= `revision` can see."""
+
+    async def size(self) -> int:
+        """Bytes the database occupies."""

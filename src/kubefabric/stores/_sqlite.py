@@ -1,0 +1,278 @@
+"""Embedded SQLite store: stdlib sqlite3 in WAL mode, one writer thread, a pool of reader threads.
+
+Writes arrive already grouped (the core batches concurrent commits), so each batch is one
+transaction and one fsync. Readers use their own connections and read WAL snapshots, so they
+never wait for the writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import parse_qsl
+
+from kubefabric.stores._base import (
+    LIVE,
+    ROW_COLUMNS,
+    Change,
+    KeyValue,
+    RangeRows,
+    StoredState,
+    WriteBatch,
+    split_batch,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+SCHEMA = f"""
+CREATE TABLE kv (
+    key BLOB NOT NULL,
+    mod_revision INTEGER NOT NULL,
+    sub INTEGER NOT NULL,
+    superseded INTEGER NOT NULL,
+    create_revision INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lease INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    UNIQUE (key, mod_revision)
+);
+CREATE INDEX kv_live ON kv (superseded, key);
+CREATE INDEX kv_history ON kv (mod_revision, sub);
+CREATE TABLE lease (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', 0);
+"""
+
+KV_FIELDS = "key, create_revision, mod_revision, version, value, lease"
+KV_KEYS_ONLY = "key, create_revision, mod_revision, version, x'', lease"
+INSERT_ROW = f"INSERT INTO kv ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' * len(ROW_COLUMNS))})"
+SUPERSEDE = "UPDATE kv SET superseded = ? WHERE key = ? AND mod_revision = ?"
+SET_META = "UPDATE meta SET value = ? WHERE name = ?"
+READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
+CHANGES = f"""
+SELECT e.key, e.create_revision, e.mod_revision, e.version, e.value, e.lease, e.sub,
+       p.key, p.create_revision, p.mod_revision, p.version, p.value, p.lease
+FROM kv e LEFT JOIN kv p ON p.key = e.key AND p.superseded = e.mod_revision AND p.mod_revision < e.mod_revision
+WHERE e.mod_revision > ? AND e.mod_revision <= ?
+ORDER BY e.mod_revision, e.sub
+"""
+LAST_REVISION_OF_PAGE = "SELECT mod_revision FROM kv WHERE mod_revision > ? AND mod_revision <= ? ORDER BY mod_revision, sub LIMIT 1 OFFSET ?"
+COMPACT_CHUNK = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE superseded <= ? LIMIT 2000)"
+
+# Query options of the sqlite:// endpoint, as the Go drivers spell them; each must keep the
+# behaviour it names, so options that would change it are refused rather than ignored.
+KNOWN_OPTIONS = {"_journal", "_journal_mode", "cache", "_busy_timeout", "_txlock", "_synchronous", "_fk"}
+
+
+class SqliteOptionError(ValueError):
+    pass
+
+
+def parse_endpoint(endpoint: str) -> tuple[Path, int, str]:
+    """`sqlite://./db/state.db?opt=v` or `sqlite:///abs/path.db` -> (path, busy timeout ms, synchronous)."""
+    rest = endpoint.removeprefix("sqlite://")
+    path_text, _, query = rest.partition("?")
+    if not path_text:
+        raise SqliteOptionError(f"sqlite endpoint has no file path: {endpoint!r}")
+    busy_timeout_ms, synchronous = 30000, "FULL"
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name not in KNOWN_OPTIONS:
+            raise SqliteOptionError(f"unknown sqlite endpoint option {name!r} (known: {', '.join(sorted(KNOWN_OPTIONS))})")
+        if name in ("_journal", "_journal_mode") and value.upper() != "WAL":
+            raise SqliteOptionError(f"{name}={value}: kubefabric always runs SQLite in WAL mode")
+        if name == "_txlock" and value.lower() != "immediate":
+            raise SqliteOptionError(f"_txlock={value}: writes always take the lock immediately")
+        if name == "_busy_timeout":
+            busy_timeout_ms = int(value)
+        if name == "_synchronous":
+            if value.upper() not in ("FULL", "EXTRA"):
+                raise SqliteOptionError(f"_synchronous={value}: only FULL or EXTRA keep acknowledged writes")
+            synchronous = value.upper()
+    return Path(path_text), busy_timeout_ms, synchronous
+
+
+class SqliteStore:
+    """A Store on one SQLite file."""
+
+    def __init__(self, endpoint: str, readers: int = 4) -> None:
+        self.path, self._busy_timeout_ms, self._synchronous = parse_endpoint(endpoint)
+        # One thread owns the write connection, so writes are serial without any lock contention.
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_threads = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"sqlite://{self.path}"
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+            self._local.connection = connection
+            with self._connections_lock:
+                self._connections.append(connection)
+        return connection
+
+    async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer_thread, lambda: work(self._connection()))
+
+    async def _on_reader(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader_threads, lambda: work(self._connection()))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> StoredState:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return await self._on_writer(self._open)
+
+    def _open(self, db: sqlite3.Connection) -> StoredState:
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise sqlite3.OperationalError(f"{self.path}: cannot switch to WAL journal mode (got {mode})")
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "meta" not in tables:
+            log.info("creating schema version %d in %s", SCHEMA_VERSION, self.path)
+            db.execute("BEGIN IMMEDIATE")
+            db.executescript(SCHEMA)  # executescript commits the open transaction first
+            db.execute("INSERT INTO meta VALUES ('identity', ?)", (random.getrandbits(63),))
+        meta = dict(db.execute("SELECT name, value FROM meta"))
+        if meta["schema_version"] > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"{self.path} has schema version {meta['schema_version']}, newer than this kubefabric "
+                f"({SCHEMA_VERSION}); upgrade kubefabric"
+            )
+        return StoredState(
+            revision=meta["revision"],
+            compact_revision=meta["compact_revision"],
+            leases=dict(db.execute("SELECT id, ttl FROM lease")),
+            leased_keys=db.execute("SELECT lease, key FROM kv WHERE superseded = ? AND lease != 0", (LIVE,)).fetchall(),
+            identity=meta["identity"],
+        )
+
+    async def close(self) -> None:
+        self._writer_thread.shutdown(wait=True)
+        self._reader_threads.shutdown(wait=True)
+        with self._connections_lock:
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> None:
+        await self._on_writer(lambda db: self._write(db, batch))
+
+    def _write(self, db: sqlite3.Connection, batch: WriteBatch) -> None:
+        updates, inserts = split_batch(batch)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(SUPERSEDE, updates)
+            db.executemany(INSERT_ROW, inserts)
+            db.executemany("INSERT INTO lease (id, ttl) VALUES (?, ?)", batch.granted_leases)
+            db.executemany("DELETE FROM lease WHERE id = ?", [(lease,) for lease in batch.revoked_leases])
+            db.execute(SET_META, (batch.revision, "revision"))
+            if batch.compact_revision is not None:
+                db.execute(SET_META, (batch.compact_revision, "compact_revision"))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def compact(self, revision: int) -> None:
+        # Small chunks, each its own transaction, so writers are never held up for long.
+        while await self._on_writer(lambda db: db.execute(COMPACT_CHUNK, (revision,)).rowcount):
+            pass
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        return await self._on_reader(lambda db: self._range(db, start, end, revision, limit, keys_only, count_only))
+
+    def _range(
+        self,
+        db: sqlite3.Connection,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+    ) -> RangeRows:
+        db.execute("BEGIN")
+        try:
+            head = db.execute(READ_REVISION).fetchone()[0]
+            if revision <= 0 or revision >= head:
+                where, params = "superseded = ?", [LIVE]
+            else:
+                where, params = "mod_revision <= ? AND superseded > ?", [revision, revision]
+            if end is None:
+                where += " AND key = ?"
+                params.append(start)
+            else:
+                where += " AND key >= ?"
+                params.append(start)
+                if end:
+                    where += " AND key < ?"
+                    params.append(end)
+            if count_only:
+                return RangeRows([], db.execute(f"SELECT COUNT(*) FROM kv WHERE {where}", params).fetchone()[0], head)
+            fields = KV_KEYS_ONLY if keys_only else KV_FIELDS
+            query = f"SELECT {fields} FROM kv WHERE {where} ORDER BY key"
+            rows = db.execute(query + (f" LIMIT {limit}" if limit > 0 else ""), params).fetchall()
+            if limit <= 0 or len(rows) < limit:
+                count = len(rows)
+            else:
+                count = db.execute(f"SELECT COUNT(*) FROM kv WHERE {where}", params).fetchone()[0]
+            return RangeRows(list(map(KeyValue._make, rows)), count, head)
+        finally:
+            db.execute("COMMIT")
+
+    async def latest(self, key: bytes) -> KeyValue | None:
+        def read(db: sqlite3.Connection) -> KeyValue | None:
+            row = db.execute(f"SELECT {KV_FIELDS} FROM kv WHERE superseded = ? AND key = ?", (LIVE, key)).fetchone()
+            return None if row is None else KeyValue._make(row)
+
+        return await self._on_reader(read)
+
+    async def changes(self, after: int, until: int, limit: int) -> list[Change]:
+        return await self._on_reader(lambda db: self._changes(db, after, until, limit))
+
+    def _changes(self, db: sqlite3.Connection, after: int, until: int, limit: int) -> list[Change]:
+        db.execute("BEGIN")
+        try:
+            # Stop at a whole revision, so the events of one txn are never split between pages.
+            last = db.execute(LAST_REVISION_OF_PAGE, (after, until, limit - 1)).fetchone()
+            if last is not None:
+                until = last[0]
+            rows = db.execute(CHANGES, (after, until)).fetchall()
+        finally:
+            db.execute("COMMIT")
+        return [
+            Change(KeyValue._make(row[:6]), row[6], None if row[7] is None else KeyValue._make(row[7:]))
+            for row in rows
+        ]
+
+    async def size(self) -> int:
+        files = [self.path, self.path.with_name(self.path.name + "-wal")]
+        return sum(os.path.getsize(file) for file in files if file.exists())

@@ -1,0 +1,71 @@
+"""Fixtures: every test talks over real gRPC to a real server process.
+
+`server` is parametrized over every target: the real etcd (so each conformance assertion is first
+proven against the oracle) and kubefabric on each store. Stores that need a database server get a
+fresh database per test from the local service, started here if it is not running.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests._client import Etcd
+from tests._servers import ServerProcess, start_etcd, start_kubefabric
+
+# kubefabric targets by store name: each maps a per-test work directory to an --endpoint.
+STORE_ENDPOINTS = {
+    "sqlite": lambda workdir: f"sqlite://{workdir}/state.db",
+}
+TARGETS = ["etcd", *(f"kubefabric-{store}" for store in STORE_ENDPOINTS)]
+STORES = list(STORE_ENDPOINTS)
+
+
+def start_target(target: str, workdir: Path) -> ServerProcess:
+    if target == "etcd":
+        return start_etcd(workdir)
+    store = target.removeprefix("kubefabric-")
+    return start_kubefabric(workdir, STORE_ENDPOINTS[store](workdir))
+
+
+@pytest.fixture(params=TARGETS)
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A fresh server of each target: the oracle etcd and kubefabric on every store."""
+    process = start_target(request.param, tmp_path)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def client(server: ServerProcess) -> Iterator[Etcd]:
+    with Etcd(server.channel()) as etcd:
+        yield etcd
+
+
+@pytest.fixture(params=STORES)
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def store_endpoint(store: str, tmp_path: Path) -> str:
+    return STORE_ENDPOINTS[store](tmp_path)
+
+
+@pytest.fixture
+def kubefabric(store_endpoint: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """kubefabric alone, on each store."""
+    process = start_kubefabric(tmp_path, store_endpoint)
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[ServerProcess]:
+    """The real etcd, fresh and empty."""
+    (tmp_path / "oracle").mkdir()
+    process = start_etcd(tmp_path / "oracle")
+    yield process
+    process.stop()
