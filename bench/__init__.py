@@ -1,1 +1,1 @@
-"""Benchmark comparing kubefabric with a real etcd on kube-apiserver's request shapes: `python -m bench.run`."""
+"""Benchmark of kubefabric against a real etcd on kube-apiserver's request shapes: `python -m bench.run`."""

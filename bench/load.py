@@ -53,7 +53,7 @@ class ClientGroup:
 class WindowResult:
     """What one process achieved inside the window, and the CPU it spent doing so."""
 
-    operations: int
+    operations_per_second: float
     cpu_seconds: float
 
 
@@ -90,7 +90,7 @@ def open_channel(address: str) -> grpc.aio.Channel:
 
 
 def guarded_put(key: bytes, mod_revision: int) -> rpc_pb2.TxnRequest:
-    """kube-apiserver's write: put if the key's mod revision is still mod_revision (0: absent), else read it."""
+    """kube-apiserver's write: put if the key's mod revision is still mod_revision (0: absent), else get."""
     unchanged = rpc_pb2.Compare(
         key=key, target=rpc_pb2.Compare.MOD, result=rpc_pb2.Compare.EQUAL, mod_revision=mod_revision
     )
@@ -102,25 +102,30 @@ def guarded_put(key: bytes, mod_revision: int) -> rpc_pb2.TxnRequest:
 
 
 async def closed_loop(window: Window, operations: Sequence[Operation]) -> WindowResult:
-    """Run each operation back to back from start_at; count those that complete inside the window."""
+    """Run each operation back to back from start_at until the window closes.
+
+    Each client's rate is the operations it completed inside the window over the time until its last
+    completion, so slow operations (a full list) are not rounded to whole counts per window.
+    """
 
     async def cpu_time_at(moment: float) -> float:
         await asyncio.sleep(moment - time.time())
         return time.process_time()
 
-    async def repeat(operation: Operation) -> int:
-        completed = 0
+    async def rate(operation: Operation) -> float:
+        completed, last_completed_at = 0, window.start_at
         while True:
             await operation()
-            if time.time() > window.end_at:
-                return completed
-            completed += 1
+            now = time.time()
+            if now > window.end_at:
+                return completed / (last_completed_at - window.start_at) if completed else 0.0
+            completed, last_completed_at = completed + 1, now
 
     await asyncio.sleep(window.start_at - time.time())
     cpu_at_start = time.process_time()
     cpu_at_end = asyncio.create_task(cpu_time_at(window.end_at))
-    counts = await asyncio.gather(*(repeat(operation) for operation in operations))
-    return WindowResult(sum(counts), await cpu_at_end - cpu_at_start)
+    rates = await asyncio.gather(*(rate(operation) for operation in operations))
+    return WindowResult(sum(rates), await cpu_at_end - cpu_at_start)
 
 
 async def creates(address: str, clients: ClientGroup, window: Window) -> WindowResult:

@@ -14,6 +14,7 @@ class CpuUse:
 
     server: float
     generator: float
+    other: float  # everything else on the machine: if it is not near 0, the run was disturbed
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,22 @@ def results_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun])
 
 
 def cpu_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> list[str]:
-    header = ["CPU cores busy (server + generator)", *runs]
+    header = ["CPU cores busy: server + generator + other", *runs]
     lines = []
     for workload in workloads:
-        uses = [run.measured[workload.name].cpu if workload.name in run.measured else None for run in runs.values()]
+        uses = [
+            run.measured[workload.name].cpu if workload.name in run.measured else None
+            for run in runs.values()
+        ]
         if any(uses):
             lines.append(
-                [workload.name, *(f"{use.server:.2f} + {use.generator:.2f}" if use else "–" for use in uses)]
+                [
+                    workload.name,
+                    *(
+                        f"{use.server:.2f} + {use.generator:.2f} + {use.other:.2f}" if use else "–"
+                        for use in uses
+                    ),
+                ]
             )
     return markdown_table(header, lines)
 

@@ -74,6 +74,13 @@ def cpu_seconds(root_pid: int) -> float:
     return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all CPUs together have spent neither idle nor waiting on I/O since boot, from /proc/stat."""
+    ticks = [int(field) for field in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = ticks[:7]  # steal and guest are not work done here
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def client_groups(processes: int) -> list[load.ClientGroup]:
     """CONCURRENT_CLIENTS spread as evenly as possible over the worker processes."""
     share, extra = divmod(CONCURRENT_CLIENTS, processes)
@@ -100,7 +107,9 @@ class Bench:
         processes = self.settings.processes
         concurrency = CONCURRENT_CLIENTS // processes
         pending = [
-            self.pool.apply_async(load.run_job, (load.put_keys, server.address, keys[offset::processes], concurrency))
+            self.pool.apply_async(
+                load.run_job, (load.put_keys, server.address, keys[offset::processes], concurrency)
+            )
             for offset in range(processes)
         ]
         for result in pending:
@@ -111,48 +120,57 @@ class Bench:
         server: ServerProcess,
         job: Callable[..., Coroutine[Any, Any, load.WindowResult]],
         per_process_args: Sequence[tuple[Any, ...]],
-    ) -> tuple[int, CpuUse]:
-        """Run job in one worker per args tuple over the same window: total operations and CPU use."""
+    ) -> tuple[float, CpuUse]:
+        """Run job in one worker per args tuple over the same window: total operations/s and CPU use."""
         assert server.process is not None
         window = load.Window(time.time() + WINDOW_START_DELAY, self.settings.duration)
         pending = [
-            self.pool.apply_async(load.run_job, (job, server.address, *args, window)) for args in per_process_args
+            self.pool.apply_async(load.run_job, (job, server.address, *args, window))
+            for args in per_process_args
         ]
         sleep_until(window.start_at)
-        server_cpu_at_start = cpu_seconds(server.process.pid)
+        server_cpu_at_start, machine_busy_at_start = cpu_seconds(server.process.pid), machine_busy_seconds()
         sleep_until(window.end_at)
         server_cpu = cpu_seconds(server.process.pid) - server_cpu_at_start
+        machine_busy = machine_busy_seconds() - machine_busy_at_start
         results: list[load.WindowResult] = [result.get() for result in pending]
         generator_cpu = sum(result.cpu_seconds for result in results)
-        operations = sum(result.operations for result in results)
-        return operations, CpuUse(server_cpu / window.duration, generator_cpu / window.duration)
-
-    def per_second(self, operations: int) -> float:
-        return operations / self.settings.duration
+        operations_per_second = sum(result.operations_per_second for result in results)
+        other_cpu = max(0.0, machine_busy - server_cpu - generator_cpu)
+        return operations_per_second, CpuUse(
+            *(cpu / window.duration for cpu in (server_cpu, generator_cpu, other_cpu))
+        )
 
 
 def measure_creates(bench: Bench, server: ServerProcess) -> Measured:
-    created, cpu = bench.run_window(server, load.creates, [(group,) for group in client_groups(bench.settings.processes)])
-    return Measured((bench.per_second(created),), cpu)
+    per_process_args = [(group,) for group in client_groups(bench.settings.processes)]
+    creates_per_second, cpu = bench.run_window(server, load.creates, per_process_args)
+    return Measured((creates_per_second,), cpu)
 
 
 def measure_updates(bench: Bench, server: ServerProcess) -> Measured:
-    keys = [load.object_key(client, index) for client in range(CONCURRENT_CLIENTS) for index in range(UPDATE_KEYS_PER_CLIENT)]
+    keys = [
+        load.object_key(client, index)
+        for client in range(CONCURRENT_CLIENTS)
+        for index in range(UPDATE_KEYS_PER_CLIENT)
+    ]
     bench.preload(server, keys)
     per_process_args = [(group, UPDATE_KEYS_PER_CLIENT) for group in client_groups(bench.settings.processes)]
-    updated, cpu = bench.run_window(server, load.updates, per_process_args)
-    return Measured((bench.per_second(updated),), cpu)
+    updates_per_second, cpu = bench.run_window(server, load.updates, per_process_args)
+    return Measured((updates_per_second,), cpu)
 
 
 def measure_list(bench: Bench, server: ServerProcess) -> Measured:
     bench.preload(server, [load.object_key(index % LIST_NAMESPACES, index) for index in range(LIST_KEYS)])
     durations = bench.run_alone(load.list_seconds, server.address, LIST_KEYS, bench.settings.sequential_lists)
-    listed, cpu = bench.run_window(server, load.lists, [(LIST_KEYS,)] * bench.settings.processes)
-    return Measured((statistics.median(durations) * 1000, bench.per_second(listed)), cpu)
+    lists_per_second, cpu = bench.run_window(server, load.lists, [(LIST_KEYS,)] * bench.settings.processes)
+    return Measured((statistics.median(durations) * 1000, lists_per_second), cpu)
 
 
 def measure_watch(bench: Bench, server: ServerProcess) -> Measured:
-    delays = bench.run_alone(load.watch_delays, server.address, WATCH_PUTS_PER_SECOND, bench.settings.duration)
+    delays = bench.run_alone(
+        load.watch_delays, server.address, WATCH_PUTS_PER_SECOND, bench.settings.duration
+    )
     percentiles = statistics.quantiles([delay * 1000 for delay in delays], n=100)
     return Measured((percentiles[49], percentiles[98]))
 
@@ -192,12 +210,15 @@ def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Wor
     run = TargetRun()
     for workload in workloads:
         print(f"{target}: {workload.name} ...", file=sys.stderr, flush=True)
+        started = time.monotonic()
         server: ServerProcess | None = None
         try:
             server = start_target(target, workdir / workload.name)
             run.measured[workload.name] = measured = workload.measure(bench, server)
-            numbers = ", ".join(f"{label}: {value:.1f}" for label, value in zip(workload.rows, measured.values))
-            print(f"  {numbers}", file=sys.stderr, flush=True)
+            numbers = ", ".join(
+                f"{label}: {value:.1f}" for label, value in zip(workload.rows, measured.values, strict=True)
+            )
+            print(f"  {numbers} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
         except Exception as error:  # a server under development may fail one workload; keep the others
             run.failures[workload.name] = str(error).splitlines()[0] if str(error) else type(error).__name__
             print(f"  failed: {error}", file=sys.stderr)
@@ -212,10 +233,10 @@ def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Wor
 def notes(settings: Settings) -> list[str]:
     groups = "+".join(str(group.count) for group in client_groups(settings.processes))
     return [
-        f"Load generator: {settings.processes} spawned processes with one grpc.aio channel each; "
-        f"creates and updates run {CONCURRENT_CLIENTS} concurrent clients ({groups}), lists/s one lister per "
-        f"process, watch one process. Windows of {settings.duration:g} s; 1 KiB values; every workload on a "
-        "fresh, empty server.",
+        f"Load generator: {settings.processes} spawned processes, one grpc.aio channel each. Creates and "
+        f"updates: {CONCURRENT_CLIENTS} concurrent clients ({groups}); lists/s: one lister per process; "
+        f"watch: one process; ms per full list is the median of {settings.sequential_lists} lists run alone. "
+        f"Windows of {settings.duration:g} s; 1 KiB values; every workload on a fresh, empty server.",
         f"The generator shares this machine's {os.cpu_count()} CPUs with the server, so etcd's column is the "
         "ceiling of this generator here, not etcd's own limit.",
         f"Ratio = target ÷ {REFERENCE}: below 1 is worse for ops/s and lists/s, above 1 is worse for ms.",
@@ -234,19 +255,25 @@ def work_directory(path: str | None) -> Iterator[Path]:
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from: {', '.join(TARGETS)}")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help=f"comma-separated, from: {', '.join(TARGETS)}"
+    )
     parser.add_argument("--quick", action="store_true", help="3 s windows instead of 10 s, for a smoke run")
     parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES, help="load generator processes")
     parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES), help="comma-separated subset to run")
     parser.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
-    parser.add_argument("--workdir", metavar="DIR", help="keep server data and logs here (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", metavar="DIR", help="keep server data and logs here (default: a temp dir)"
+    )
     args = parser.parse_args(argv)
     args.targets = comma_separated(parser, "targets", args.targets, TARGETS)
     args.workloads = comma_separated(parser, "workloads", args.workloads, WORKLOAD_NAMES)
     return args
 
 
-def comma_separated(parser: argparse.ArgumentParser, option: str, value: str, choices: Sequence[str]) -> list[str]:
+def comma_separated(
+    parser: argparse.ArgumentParser, option: str, value: str, choices: Sequence[str]
+) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in choices]
     if unknown:
@@ -263,11 +290,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # spawn, not fork: a forked child would inherit grpc's threads and state from the parent.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(settings.processes, initializer=load.prepare_worker) as pool, work_directory(args.workdir) as workdir:
+    with (
+        context.Pool(settings.processes, initializer=load.prepare_worker) as pool,
+        work_directory(args.workdir) as workdir,
+    ):
         bench = Bench(pool, settings)
         selected = [workload for workload in WORKLOADS if workload.name in args.workloads]
         runs = {target: run_target(bench, target, workdir / target, selected) for target in args.targets}
-    report = render([WorkloadRows(workload.name, workload.rows) for workload in selected], runs, notes(settings))
+    report = render(
+        [WorkloadRows(workload.name, workload.rows) for workload in selected], runs, notes(settings)
+    )
     print(report)
     if args.markdown:
         Path(args.markdown).write_text(report)

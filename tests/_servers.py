@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,3 +122,32 @@ def start_kubefabric(workdir: Path, endpoint: str, *extra: str, env: dict[str, s
     address = f"127.0.0.1:{free_port()}"
     command = kubefabric_command(address, endpoint, "--metrics-address", f"127.0.0.1:{free_port()}", *extra)
     return ServerProcess(command, address, workdir / "kubefabric.log", env or {}).start()
+
+
+class WarmServers:
+    """Fresh servers without the wait: one spare per target is started while the last test runs.
+
+    Every test still gets a server nobody used before; only its start-up overlaps other work.
+    Used servers are stopped in the background too.
+    """
+
+    def __init__(self, start: Callable[[str], ServerProcess]) -> None:
+        self._start = start
+        self._spares: dict[str, Future[ServerProcess]] = {}
+        self._threads = ThreadPoolExecutor(4, thread_name_prefix="warm-servers")
+
+    def take(self, target: str) -> ServerProcess:
+        spare = self._spares.pop(target, None) or self._threads.submit(self._start, target)
+        self._spares[target] = self._threads.submit(self._start, target)
+        return spare.result()
+
+    def release(self, process: ServerProcess) -> None:
+        self._threads.submit(process.stop)
+
+    def close(self) -> None:
+        for spare in self._spares.values():
+            try:
+                spare.result().stop()
+            except RuntimeError:
+                pass  # it failed to start; the test that would have used it is not running
+        self._threads.shutdown(wait=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests._client import Etcd
-from tests._servers import ServerProcess, start_etcd, start_kubefabric
+from tests._servers import ServerProcess, WarmServers, start_etcd, start_kubefabric
 
 # kubefabric targets by store name: each maps a per-test work directory to an --endpoint.
 STORE_ENDPOINTS = {
@@ -30,12 +30,19 @@ def start_target(target: str, workdir: Path) -> ServerProcess:
     return start_kubefabric(workdir, STORE_ENDPOINTS[store](workdir))
 
 
+@pytest.fixture(scope="session")
+def warm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmServers]:
+    pool = WarmServers(lambda target: start_target(target, tmp_path_factory.mktemp(target)))
+    yield pool
+    pool.close()
+
+
 @pytest.fixture(params=TARGETS)
-def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ServerProcess]:
+def server(request: pytest.FixtureRequest, warm_servers: WarmServers) -> Iterator[ServerProcess]:
     """A fresh server of each target: the oracle etcd and kubefabric on every store."""
-    process = start_target(request.param, tmp_path)
+    process = warm_servers.take(request.param)
     yield process
-    process.stop()
+    warm_servers.release(process)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
+from typing import Any
 
 import grpc
 import pytest
@@ -51,7 +52,8 @@ def raises_rpc_error(code: grpc.StatusCode, details: str) -> Iterator[None]:
     with pytest.raises(grpc.RpcError) as caught:
         yield
     error = caught.value
-    assert (error.code(), error.details()) == (code, details)  # type: ignore[attr-defined]
+    assert isinstance(error, grpc.Call)
+    assert (error.code(), error.details()) == (code, details)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
@@ -90,11 +92,11 @@ class WatchStream:
         except grpc.RpcError as error:
             self._responses.put(error)
 
-    def send_create(self, key: bytes, range_end: bytes = b"", **kwargs: object) -> None:
+    def send_create(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> None:
         create = rpc_pb2.WatchCreateRequest(key=key, range_end=range_end, **kwargs)
         self._requests.put(rpc_pb2.WatchRequest(create_request=create))
 
-    def create(self, key: bytes, range_end: bytes = b"", **kwargs: object) -> int:
+    def create(self, key: bytes, range_end: bytes = b"", **kwargs: Any) -> int:
         """Create a watch and return its ID once the server has confirmed it."""
         self.send_create(key, range_end, **kwargs)
         response = self.next()

@@ -13,8 +13,7 @@ def test_compaction_keeps_the_latest_version_of_each_key(client: Etcd) -> None:
     a_latest = client.put(b"a", b"2").header.revision
     client.put(b"b", b"1")
     client.delete(b"b")
-    c_created = client.put(b"c", b"1").header.revision
-    compacted_at = c_created
+    c_created = compacted_at = client.put(b"c", b"1").header.revision
 
     assert client.compact(compacted_at).header.revision == compacted_at
 

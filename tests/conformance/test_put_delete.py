@@ -15,7 +15,7 @@ from tests.conformance._support import (
 )
 
 
-def test_put_creates_then_updates_a_key(client: Etcd) -> None:
+def test_put_creates_updates_and_recreates_a_key(client: Etcd) -> None:
     base = client.revision()
 
     created = client.put(b"a", b"v1", prev_kv=True)
@@ -29,12 +29,10 @@ def test_put_creates_then_updates_a_key(client: Etcd) -> None:
     assert kv_tuple(updated.prev_kv) == (b"a", b"v1", base + 1, base + 1, 1, 0)
     assert [kv_tuple(kv) for kv in client.get(b"a").kvs] == [(b"a", b"v1", base + 1, base + 2, 2, 0)]
 
-
-def test_recreated_key_starts_a_new_version_history(client: Etcd) -> None:
-    client.put(b"a", b"v1")
-    client.put(b"a", b"v2")
+    # After a delete the key starts a new life: fresh create_revision, version back to 1.
     client.delete(b"a")
     recreated = client.put(b"a", b"v3").header.revision
+    assert recreated == base + 4
     assert [kv_tuple(kv) for kv in client.get(b"a").kvs] == [(b"a", b"v3", recreated, recreated, 1, 0)]
 
 
@@ -122,11 +120,7 @@ def test_delete_single_keys_and_ranges(client: Etcd) -> None:
 
     assert keys_of(client.get(b"\0", b"\0")) == [b"d"]
 
-
-def test_deleting_nothing_does_not_create_a_revision(client: Etcd) -> None:
-    client.put(b"a", b"v")
-    before = client.revision()
-
-    for response in (client.delete(b"missing"), client.delete(b"x", b"z", prev_kv=True)):
-        assert (response.header.revision, response.deleted, list(response.prev_kvs)) == (before, 0, [])
-    assert client.put(b"b").header.revision == before + 1
+    # Deleting nothing writes nothing, so it does not create a revision.
+    for nothing in (client.delete(b"a"), client.delete(b"x", b"z", prev_kv=True)):
+        assert (nothing.header.revision, nothing.deleted, list(nothing.prev_kvs)) == (base + 3, 0, [])
+    assert client.put(b"z").header.revision == base + 4

@@ -34,7 +34,7 @@ def test_key_and_interval_selection(client: Etcd) -> None:
     assert client.get(b"\0", b"\0").header.revision == base + 5
 
 
-def test_prefix_range_selects_exactly_the_prefix(client: Etcd) -> None:
+def test_prefix_ranges(client: Etcd) -> None:
     put_keys(client, b"/registry/pods/a", b"/registry/pods/b", b"/registry/podsx", b"/registry/services/a")
     put_keys(client, b"p\xff", b"p\xff\x01", b"q")
 
@@ -49,7 +49,8 @@ def test_prefix_range_selects_exactly_the_prefix(client: Etcd) -> None:
     assert keys_of(client.get_prefix(b"p\xff")) == [b"p\xff", b"p\xff\x01"]
 
 
-def test_limit_sets_more_while_count_covers_the_whole_range(client: Etcd) -> None:
+def test_limit_count_only_and_keys_only(client: Etcd) -> None:
+    base = client.revision()
     put_keys(client, b"k1", b"k2", b"k3", b"k4", b"k5")
 
     limited = client.get_prefix(b"k", limit=2)
@@ -60,6 +61,15 @@ def test_limit_sets_more_while_count_covers_the_whole_range(client: Etcd) -> Non
 
     unlimited = client.get_prefix(b"k", limit=0)
     assert (len(unlimited.kvs), unlimited.more, unlimited.count) == (5, False, 5)
+
+    counted = client.get_prefix(b"k", count_only=True)
+    assert (list(counted.kvs), counted.count, counted.more) == ([], 5, False)
+
+    keys_only = client.get_prefix(b"k", keys_only=True, limit=2)
+    assert [kv_tuple(kv) for kv in keys_only.kvs] == [
+        (b"k1", b"", base + 1, base + 1, 1, 0),
+        (b"k2", b"", base + 2, base + 2, 1, 0),
+    ]
 
 
 def test_pages_at_a_fixed_revision_form_a_consistent_snapshot(client: Etcd) -> None:
@@ -121,22 +131,6 @@ def test_reads_outside_the_kept_history_fail(client: Etcd) -> None:
     assert client.get(b"a", revision=current).kvs[0].value == b"3"
 
 
-def test_count_only_and_keys_only(client: Etcd) -> None:
-    base = client.revision()
-    put_keys(client, b"k1", b"k2", b"k3")
-
-    counted = client.get_prefix(b"k", count_only=True)
-    assert (list(counted.kvs), counted.count, counted.more) == ([], 3, False)
-
-    keys_only = client.get_prefix(b"k", keys_only=True)
-    assert [kv_tuple(kv) for kv in keys_only.kvs] == [
-        (b"k1", b"", base + 1, base + 1, 1, 0),
-        (b"k2", b"", base + 2, base + 2, 1, 0),
-        (b"k3", b"", base + 3, base + 3, 1, 0),
-    ]
-    assert keys_only.count == 3
-
-
 def test_mod_and_create_revision_filters(client: Etcd) -> None:
     a_created = client.put(b"a").header.revision
     b_created = client.put(b"b").header.revision
@@ -179,10 +173,11 @@ def test_sort_by_every_target_and_order(client: Etcd) -> None:
         return keys_of(client.get(b"\0", b"\0", sort_target=target, sort_order=order, limit=limit))
 
     for target, expected in ascending.items():
-        assert sorted_keys(target, RangeRequest.ASCEND) == expected, RangeRequest.SortTarget.Name(target)
-        assert sorted_keys(target, RangeRequest.DESCEND) == expected[::-1], RangeRequest.SortTarget.Name(target)
+        name = RangeRequest.SortTarget.Name(target)
+        assert sorted_keys(target, RangeRequest.ASCEND) == expected, name
+        assert sorted_keys(target, RangeRequest.DESCEND) == expected[::-1], name
         # No order with a target other than KEY still sorts ascending by that target.
-        assert sorted_keys(target, RangeRequest.NONE) == expected, RangeRequest.SortTarget.Name(target)
+        assert sorted_keys(target, RangeRequest.NONE) == expected, name
 
     # Sorting happens before the limit cuts the result.
     top = client.get(b"\0", b"\0", sort_target=RangeRequest.KEY, sort_order=RangeRequest.DESCEND, limit=2)

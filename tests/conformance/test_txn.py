@@ -8,6 +8,8 @@ from kubefabric.protocol.etcdpb import rpc_pb2
 from tests._client import Compare, Etcd, RequestOp, delete_op, kv_tuple, mod_revision_is, put_op, range_op
 from tests.conformance._support import ERR_DUPLICATE_KEY, grant_lease, keys_of, raises_rpc_error
 
+Target = rpc_pb2.Compare.CompareTarget
+Result = rpc_pb2.Compare.CompareResult
 TARGET_FIELD = {
     Compare.VERSION: "version",
     Compare.CREATE: "create_revision",
@@ -18,8 +20,12 @@ TARGET_FIELD = {
 EQUAL, GREATER, LESS, NOT_EQUAL = Compare.EQUAL, Compare.GREATER, Compare.LESS, Compare.NOT_EQUAL
 
 
-def compare(key: bytes, target: int, result: int, operand: int | bytes, range_end: bytes = b"") -> Compare:
-    return Compare(key=key, range_end=range_end, target=target, result=result, **{TARGET_FIELD[target]: operand})
+def compare(
+    key: bytes, target: Target, result: Result, operand: int | bytes, range_end: bytes = b""
+) -> Compare:
+    condition = Compare(key=key, range_end=range_end, target=target, result=result)
+    setattr(condition, TARGET_FIELD[target], operand)
+    return condition
 
 
 def holds(client: Etcd, *compares: Compare) -> bool:
@@ -38,7 +44,7 @@ def test_every_compare_target_and_result_on_an_existing_key(client: Etcd) -> Non
     modified = client.put(b"k", b"b", lease=lease).header.revision
     before = client.revision()
 
-    cases = [
+    cases: list[tuple[Target, Result, int | bytes, bool]] = [
         (Compare.VERSION, EQUAL, 2, True),
         (Compare.VERSION, EQUAL, 1, False),
         (Compare.VERSION, NOT_EQUAL, 2, False),
@@ -66,20 +72,36 @@ def test_every_compare_target_and_result_on_an_existing_key(client: Etcd) -> Non
         (Compare.LEASE, GREATER, lease, False),
         (Compare.LEASE, LESS, lease + 1, True),
     ]
-    outcomes = [(target, result, operand, holds(client, compare(b"k", target, result, operand))) for target, result, operand, _ in cases]
+    outcomes = [
+        (target, result, operand, holds(client, compare(b"k", target, result, operand)))
+        for target, result, operand, _ in cases
+    ]
     assert outcomes == cases
     assert client.revision() == before
 
 
-def test_compares_on_a_missing_key_see_zero_fields_but_never_match_a_value(client: Etcd) -> None:
+def test_compares_on_missing_keys_and_ranges(client: Etcd) -> None:
+    # A missing key compares as zero fields, but has no value: every VALUE compare fails, even with b"".
     assert holds(client, compare(b"missing", Compare.VERSION, EQUAL, 0))
     assert holds(client, compare(b"missing", Compare.CREATE, EQUAL, 0))
     assert holds(client, compare(b"missing", Compare.MOD, EQUAL, 0))
     assert holds(client, compare(b"missing", Compare.MOD, LESS, 1))
     assert holds(client, compare(b"missing", Compare.LEASE, EQUAL, 0))
-    # A missing key has no value to compare, so every VALUE compare fails, even against b"".
     assert not holds(client, compare(b"missing", Compare.VALUE, EQUAL, b""))
     assert not holds(client, compare(b"missing", Compare.VALUE, NOT_EQUAL, b"x"))
+
+    # A range compare must hold for every key in [key, range_end); an empty range acts like a missing key.
+    client.put(b"p/a", b"1")
+    client.put(b"p/b", b"2")
+    client.put(b"p/b", b"2")
+    end = b"p0"
+    assert holds(client, compare(b"p/", Compare.VERSION, GREATER, 0, end))
+    assert not holds(client, compare(b"p/", Compare.VERSION, EQUAL, 1, end))
+    assert holds(client, compare(b"p/", Compare.VALUE, LESS, b"3", end))
+    assert holds(client, compare(b"p/", Compare.MOD, LESS, client.revision() + 1, end))
+    assert holds(client, compare(b"\0", Compare.CREATE, GREATER, 0, b"\0"))
+    assert holds(client, compare(b"q/", Compare.VERSION, EQUAL, 0, b"q0"))
+    assert not holds(client, compare(b"q/", Compare.VALUE, EQUAL, b"", b"q0"))
 
 
 def test_compares_are_a_conjunction_choosing_the_branch(client: Etcd) -> None:
@@ -97,22 +119,6 @@ def test_compares_are_a_conjunction_choosing_the_branch(client: Etcd) -> None:
     assert keys_of(client.get(b"\0", b"\0")) == [b"failure", b"k"]
 
 
-def test_range_compares_apply_to_every_key_in_the_range(client: Etcd) -> None:
-    client.put(b"p/a", b"1")
-    client.put(b"p/b", b"2")
-    client.put(b"p/b", b"2")
-    end = b"p0"
-
-    assert holds(client, compare(b"p/", Compare.VERSION, GREATER, 0, end))
-    assert not holds(client, compare(b"p/", Compare.VERSION, EQUAL, 1, end))
-    assert holds(client, compare(b"p/", Compare.VALUE, LESS, b"3", end))
-    assert holds(client, compare(b"p/", Compare.MOD, LESS, client.revision() + 1, end))
-    assert holds(client, compare(b"\0", Compare.CREATE, GREATER, 0, b"\0"))
-    # An empty range compares like a missing key.
-    assert holds(client, compare(b"q/", Compare.VERSION, EQUAL, 0, b"q0"))
-    assert not holds(client, compare(b"q/", Compare.VALUE, EQUAL, b"", b"q0"))
-
-
 def test_writes_of_one_txn_share_one_revision_and_later_reads_see_them(client: Etcd) -> None:
     client.put(b"a", b"old")
     client.put(b"c", b"doomed")
@@ -127,12 +133,18 @@ def test_writes_of_one_txn_share_one_revision_and_later_reads_see_them(client: E
     put_a, put_b, delete_c, read_a, read_c = response.responses
     assert put_a.response_put.header.revision == base + 1
     assert put_b.response_put.header.revision == base + 1
-    assert (delete_c.response_delete_range.header.revision, delete_c.response_delete_range.deleted) == (base + 1, 1)
+    assert (delete_c.response_delete_range.header.revision, delete_c.response_delete_range.deleted) == (
+        base + 1,
+        1,
+    )
     assert [kv_tuple(kv) for kv in read_a.response_range.kvs] == [(b"a", b"new", base - 1, base + 1, 2, 0)]
     assert read_a.response_range.header.revision == base + 1
     assert (list(read_c.response_range.kvs), read_c.response_range.count) == ([], 0)
 
-    assert [(kv.key, kv.mod_revision) for kv in client.get(b"\0", b"\0").kvs] == [(b"a", base + 1), (b"b", base + 1)]
+    assert [(kv.key, kv.mod_revision) for kv in client.get(b"\0", b"\0").kvs] == [
+        (b"a", base + 1),
+        (b"b", base + 1),
+    ]
 
 
 def test_txns_without_writes_do_not_create_a_revision(client: Etcd) -> None:
@@ -173,7 +185,9 @@ def test_nested_txn(client: Etcd) -> None:
     assert not nested.response_txn.succeeded
     nested_put, nested_read = nested.response_txn.responses
     assert nested_put.response_put.header.revision == base + 1
-    assert [(kv.key, kv.value, kv.mod_revision) for kv in nested_read.response_range.kvs] == [(b"y", b"new", base + 1)]
+    assert [(kv.key, kv.value, kv.mod_revision) for kv in nested_read.response_range.kvs] == [
+        (b"y", b"new", base + 1)
+    ]
     assert keys_of(client.get(b"\0", b"\0")) == [b"nested-failure", b"x", b"y"]
 
 
@@ -204,7 +218,9 @@ def test_kube_apiserver_create(client: Etcd) -> None:
     lease = grant_lease(client, ttl=60)
     base = client.revision()
 
-    created = client.txn([mod_revision_is(b"/registry/pods/p", 0)], [put_op(b"/registry/pods/p", b"v1", lease=lease)])
+    created = client.txn(
+        [mod_revision_is(b"/registry/pods/p", 0)], [put_op(b"/registry/pods/p", b"v1", lease=lease)]
+    )
     assert (created.succeeded, created.header.revision) == (True, base + 1)
     assert created.responses[0].response_put.header.revision == base + 1
     assert not created.responses[0].response_put.HasField("prev_kv")
@@ -241,7 +257,9 @@ def test_kube_apiserver_delete(client: Etcd) -> None:
 
     stale = client.txn([mod_revision_is(key, created)], [delete_op(key)], [range_op(key)])
     assert (stale.succeeded, stale.header.revision) == (False, modified)
-    assert [kv_tuple(kv) for kv in stale.responses[0].response_range.kvs] == [(key, b"v2", created, modified, 2, 0)]
+    assert [kv_tuple(kv) for kv in stale.responses[0].response_range.kvs] == [
+        (key, b"v2", created, modified, 2, 0)
+    ]
 
     deleted = client.txn([mod_revision_is(key, modified)], [delete_op(key)], [range_op(key)])
     assert (deleted.succeeded, deleted.header.revision) == (True, modified + 1)
@@ -259,7 +277,9 @@ def test_kube_apiserver_compaction_bookkeeping(client: Etcd) -> None:
     key = b"compact_rev_key"
     base = client.revision()
 
-    first = client.txn([compare(key, Compare.VERSION, EQUAL, 0)], [put_op(key, b"%d" % base)], [range_op(key)])
+    first = client.txn(
+        [compare(key, Compare.VERSION, EQUAL, 0)], [put_op(key, b"%d" % base)], [range_op(key)]
+    )
     assert (first.succeeded, first.header.revision) == (True, base + 1)
     assert first.responses[0].response_put.header.revision == base + 1
 
@@ -270,7 +290,9 @@ def test_kube_apiserver_compaction_bookkeeping(client: Etcd) -> None:
         (key, b"%d" % base, base + 1, base + 1, 1, 0)
     ]
 
-    second = client.txn([compare(key, Compare.VERSION, EQUAL, 1)], [put_op(key, b"%d" % (base + 1))], [range_op(key)])
+    second = client.txn(
+        [compare(key, Compare.VERSION, EQUAL, 1)], [put_op(key, b"%d" % (base + 1))], [range_op(key)]
+    )
     assert (second.succeeded, second.header.revision) == (True, base + 2)
     assert client.compact(base + 1).header.revision == base + 2
     assert client.get(key).kvs[0].version == 2

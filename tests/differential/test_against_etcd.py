@@ -56,7 +56,7 @@ SORT_TARGETS = tuple(rpc_pb2.RangeRequest.SortTarget.values())
 COMPARE_RESULTS = tuple(Compare.CompareResult.values())
 NOPUT, NODELETE = rpc_pb2.WatchCreateRequest.NOPUT, rpc_pb2.WatchCreateRequest.NODELETE
 # Mostly 0 (the server picks the ID); small explicit IDs collide with the ones the server picked.
-WATCH_IDS = (0, 0, 0, 1, 2)
+WATCH_IDS = (0, 0, 0, 2, 7)
 # etcd catches lagging watches up every 100ms and reads an event's prev_kv when it sends the event;
 # a compaction before either has happened would make what a watch sees depend on timing.
 WATCH_SETTLE_SECONDS = 0.25
@@ -102,26 +102,25 @@ def key_ranges(moment: Moment) -> st.SearchStrategy[tuple[bytes, bytes]]:
 
 
 def revisions(moment: Moment) -> st.SearchStrategy[int]:
-    """Revisions to read or compact at: the compaction boundary, this example's history, the future."""
+    """Revisions to read, watch or compact at: near 0, the compaction boundary, the example's start and the
+    current revision (just past it is the future), or anywhere in this example's history."""
     landmarks = {
-        -1,
-        0,
-        1,
-        moment.compacted - 1,
-        moment.compacted,
-        moment.example_start,
-        moment.revision,
-        moment.revision + 1,
-        moment.revision + 100,
+        "zero": 0,
+        "compacted": moment.compacted,
+        "example start": moment.example_start,
+        "current": moment.revision,
     }
-    return st.one_of(
-        st.sampled_from(sorted(landmarks)), st.integers(max(moment.compacted - 1, 0), moment.revision + 1)
-    )
+    near_landmark = st.tuples(st.sampled_from(tuple(landmarks)), st.integers(-2, 2))
+    return st.one_of(near_landmark.map(lambda near: landmarks[near[0]] + near[1]), example_revisions(moment))
 
 
 def example_revisions(moment: Moment) -> st.SearchStrategy[int]:
-    """Revisions this example's keys can carry, for compares and revision filters."""
-    return st.integers(moment.example_start, moment.revision + 1)
+    """Revisions this example's keys can carry, from its start to one past the current revision.
+
+    Drawn as a step mapped into that span rather than as integers(start, end): hypothesis replays recorded
+    choices and rejects a strategy whose bounds differ between runs, and revisions differ every run."""
+    span = moment.revision + 2 - moment.example_start
+    return st.integers(0, 63).map(lambda step: moment.example_start + step % span)
 
 
 def leases(moment: Moment) -> st.SearchStrategy[int]:
@@ -135,8 +134,10 @@ def put_requests(
     def put(key: bytes, value: bytes, lease: int, flags: list[str]) -> rpc_pb2.PutRequest:
         return rpc_pb2.PutRequest(key=key, value=value, lease=lease, **dict.fromkeys(flags, True))
 
-    flags = st.lists(st.sampled_from(PUT_FLAGS), unique=True, max_size=2)
-    return st.builds(put, key_strategy, st.sampled_from(VALUES), leases(moment), flags)
+    # Mostly plain puts: the flags and leases mostly make etcd refuse the put.
+    flags = st.one_of(st.just([]), st.lists(st.sampled_from(PUT_FLAGS), unique=True, max_size=2))
+    lease = st.one_of(st.just(0), leases(moment))
+    return st.builds(put, key_strategy, st.sampled_from(VALUES), lease, flags)
 
 
 def range_requests(
@@ -240,7 +241,7 @@ def watch_create_requests(moment: Moment) -> st.SearchStrategy[rpc_pb2.WatchCrea
         )
 
     holding_their_key = key_ranges(moment).filter(lambda kr: kr[1] in (b"", b"\0") or kr[1] > kr[0])
-    start_revisions = revisions(moment).filter(lambda revision: revision >= 0)
+    start_revisions = revisions(moment).map(lambda revision: max(revision, 0))
     filters = st.lists(st.sampled_from((NOPUT, NODELETE)), unique=True, max_size=2)
     return st.builds(
         watch, holding_their_key, start_revisions, st.booleans(), filters, st.sampled_from(WATCH_IDS)

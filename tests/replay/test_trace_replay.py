@@ -95,6 +95,7 @@ class WatchStep:
     line: int
     call: int
     request: rpc_pb2.WatchRequest
+    response: rpc_pb2.WatchResponse
     revision: int
     writes = False
 
@@ -163,12 +164,16 @@ def watch_transcripts(responses: list[rpc_pb2.WatchResponse]) -> dict[int, list[
     for response in responses:
         transcript = transcripts[response.watch_id]
         if response.created or response.canceled:
-            status = rpc_pb2.WatchResponse()
-            status.CopyFrom(response)
-            status.ClearField("events")
-            transcript.append(status)
+            transcript.append(without_events(response))
         transcript.extend(response.events)
     return transcripts
+
+
+def without_events(response: rpc_pb2.WatchResponse) -> rpc_pb2.WatchResponse:
+    status = rpc_pb2.WatchResponse()
+    status.CopyFrom(response)
+    status.ClearField("events")
+    return status
 
 
 class TraceReader:
@@ -242,9 +247,10 @@ class TraceReader:
             # etcd answers the creates of one stream in the order it received them.
             if response.created:
                 self.watch_creates[key] = self.pending_creates[call].popleft()
-                self.steps.append(WatchStep(line, call, self.watch_creates[key], self.revision))
+                self.steps.append(WatchStep(line, call, self.watch_creates[key], response, self.revision))
             elif response.canceled and key in self.pending_cancels:
-                self.steps.append(WatchStep(line, call, self.pending_cancels.pop(key), self.revision))
+                request = self.pending_cancels.pop(key)
+                self.steps.append(WatchStep(line, call, request, response, self.revision))
         else:
             raise UnsupportedTrace(f"line {line}: a Watch stream that failed cannot be replayed")
 
@@ -333,20 +339,26 @@ class WatchStream:
                 self._ended = True
                 self._changed.notify_all()
 
-    def send(self, request: rpc_pb2.WatchRequest) -> None:
-        self._outbox.put(request)
-
     def wait_until(self, condition: Callable[[], bool], deadline: float) -> bool:
         """Wait for condition (checked under the lock that guards responses) until the deadline."""
         with self._changed:
             self._changed.wait_for(lambda: condition() or self._ended, max(0.0, deadline - time.monotonic()))
             return condition()
 
-    def created(self) -> int:
-        return sum(response.created for response in self.responses)
+    def answer(self, request: rpc_pb2.WatchRequest, deadline: float) -> rpc_pb2.WatchResponse | None:
+        """Send a create or a cancel and return the created or canceled response to it, if one comes."""
 
-    def canceled(self, watch_id: int) -> bool:
-        return any(response.canceled for response in self.responses if response.watch_id == watch_id)
+        def answers() -> list[rpc_pb2.WatchResponse]:
+            if request.HasField("create_request"):
+                return [r for r in self.responses if r.created]
+            watch_id = request.cancel_request.watch_id
+            return [r for r in self.responses if r.canceled and r.watch_id == watch_id]
+
+        earlier = len(answers())
+        self._outbox.put(request)
+        if not self.wait_until(lambda: len(answers()) > earlier, deadline):
+            return None
+        return answers()[earlier]
 
     def events(self, watch_id: int) -> int:
         return sum(len(response.events) for response in self.responses if response.watch_id == watch_id)
@@ -359,7 +371,7 @@ class WatchStream:
 
 
 class Replayer:
-    """Runs a plan against one server, failing at the first unary answer that differs from the recorded."""
+    """Runs a plan on one server: fails at the first answer unlike the recorded one, then checks watches."""
 
     def __init__(self, server: ServerProcess, channel: grpc.Channel, plan: Plan) -> None:
         self.server = server
@@ -427,18 +439,16 @@ class Replayer:
         if step.call not in self.streams:
             self.streams[step.call] = WatchStream(self.watch_stub)
         stream = self.streams[step.call]
+        if step.request.HasField("cancel_request"):
+            self.await_watch_events(step.revision, only=(step.call, step.request.cancel_request.watch_id))
         # Wait for each answer, so that the server handles the request at the revision etcd did.
-        if step.request.HasField("create_request"):
-            created_before = stream.created()
-            stream.send(step.request)
-            if not stream.wait_until(lambda: stream.created() > created_before, self.delivery_deadline()):
-                self.fail(index, step, step.request, f"no created response; stream error: {stream.error}")
-        else:
-            watch_id = step.request.cancel_request.watch_id
-            self.await_watch_events(step.revision, only=(step.call, watch_id))
-            stream.send(step.request)
-            if not stream.wait_until(lambda: stream.canceled(watch_id), self.delivery_deadline()):
-                self.fail(index, step, step.request, f"no canceled response; stream error: {stream.error}")
+        answer = stream.answer(step.request, self.delivery_deadline())
+        if answer is None:
+            self.fail(index, step, step.request, f"no answer; stream error: {stream.error}")
+        expected = normalized(without_events(step.response))
+        actual = normalized(without_events(answer))
+        if actual != expected:
+            self.fail(index, step, step.request, diff(readable(expected), readable(actual)))
 
     @staticmethod
     def delivery_deadline() -> float:

@@ -88,7 +88,7 @@ class _WatchStream:
             )
             return
         watch_id = request.watch_id
-        if watch_id in self.watches:
+        if watch_id != 0 and watch_id in self.watches:
             await self.responses.put(
                 rpc_pb2.WatchResponse(
                     header=self.headers(), watch_id=BROADCAST_ID, created=True, canceled=True, cancel_reason=DUPLICATE_WATCH_ID
