@@ -75,9 +75,17 @@ class Option:
 OPTIONS = [
     Option("--listen-address", "KUBEFABRIC_LISTEN_ADDRESS", "address the etcd v3 gRPC API listens on"),
     Option("--endpoint", "KUBEFABRIC_ENDPOINT", "database to keep the data in (sqlite://PATH)"),
-    Option("--metrics-address", "KUBEFABRIC_METRICS_ADDRESS", "address of the Prometheus /metrics endpoint; empty turns it off"),
+    Option(
+        "--metrics-address",
+        "KUBEFABRIC_METRICS_ADDRESS",
+        "address of the Prometheus /metrics endpoint; empty turns it off",
+    ),
     Option("--log-level", "KUBEFABRIC_LOG_LEVEL", "debug, info, warning or error"),
-    Option("--compaction-interval", "KUBEFABRIC_COMPACTION_INTERVAL", "how often old revisions are compacted automatically; 0 turns it off"),
+    Option(
+        "--compaction-interval",
+        "KUBEFABRIC_COMPACTION_INTERVAL",
+        "how often old revisions are compacted automatically; 0 turns it off",
+    ),
     Option("--compaction-retention", "KUBEFABRIC_COMPACTION_RETENTION", "revisions automatic compaction keeps"),
     Option(
         "--watch-progress-notify-interval",

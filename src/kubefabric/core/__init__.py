@@ -1,7 +1,7 @@
 """The core: the revision clock, MVCC semantics, watchers and leases, over any Store."""
 
 from kubefabric.core._core import Core
-from kubefabric.core._errors import EtcdError, KeyNotFound, RequestTooLarge, Unavailable
+from kubefabric.core._errors import EtcdError, KeyNotFound, RequestTooLarge
 from kubefabric.core._lease import Lease, Lessor
 from kubefabric.core._mvcc import Mvcc
 from kubefabric.core._ops import (
@@ -23,8 +23,11 @@ from kubefabric.core._ops import (
     key_range_end,
 )
 from kubefabric.core._watch import WatchBatch, Watcher, WatchHub
+from kubefabric.stores import Change, KeyValue, StoreUnavailable
 
 __all__ = [
+    "Change",
+    "KeyValue",
     "Compare",
     "CompareResult",
     "CompareTarget",
@@ -45,9 +48,9 @@ __all__ = [
     "RequestTooLarge",
     "SortOrder",
     "SortTarget",
+    "StoreUnavailable",
     "TxnOp",
     "TxnResult",
-    "Unavailable",
     "WatchBatch",
     "WatchHub",
     "Watcher",

@@ -60,9 +60,3 @@ class LeaseExists(EtcdError):
 
 class LeaseTTLTooLarge(EtcdError):
     code, message = "OUT_OF_RANGE", "etcdserver: too large lease TTL"
-
-
-class Unavailable(EtcdError):
-    """The database behind a key cannot be reached right now."""
-
-    code = "UNAVAILABLE"

@@ -14,18 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from kubefabric.core._errors import Compacted, FutureRevision, KeyNotFound, LeaseNotFound, Unavailable
+from kubefabric.core._errors import Compacted, FutureRevision, KeyNotFound, LeaseNotFound
+from kubefabric.core._metrics import COMMIT_FAILURES, COMMIT_GROUP_SIZE, COMMIT_SECONDS
 from kubefabric.core._ops import (
     Compare,
     CompareResult,
     CompareTarget,
     DeleteOp,
     DeleteResult,
-    Op,
     OpResult,
     PutOp,
     PutResult,
@@ -39,7 +40,7 @@ from kubefabric.core._ops import (
     is_read_only,
 )
 from kubefabric.core._validate import check_key, check_put, check_txn
-from kubefabric.stores import Change, KeyValue, RangeRows, Store, StoredState, StoreUnavailable, WriteBatch
+from kubefabric.stores import Change, KeyValue, RangeRows, Store, StoredState, WriteBatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -88,8 +89,10 @@ class Mvcc:
         self._idle = asyncio.Event()
         self._idle.set()
         self._listeners: list[CommitListener] = []
+        self._resync_listeners: list[Callable[[int], None]] = []
         self._committer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._resync_needed = False
 
     async def open(self) -> StoredState:
         state = await self.store.open()
@@ -147,9 +150,7 @@ class Mvcc:
         assert isinstance(result, TxnResult)
         return result
 
-    async def write(
-        self, evaluate: Callable[[_Txn], Awaitable[T]], revoked_leases: tuple[int, ...] = ()
-    ) -> T:
+    async def write(self, evaluate: Callable[[_Txn], Awaitable[T]], revoked_leases: tuple[int, ...] = ()) -> T:
         """Evaluate a write with every earlier write durable first (for lease revocation)."""
         return await self._write(evaluate, revoked_leases, drain_first=True)
 
@@ -160,6 +161,8 @@ class Mvcc:
         drain_first: bool = False,
     ) -> T:
         async with self._write_lock:
+            if self._resync_needed:
+                await self._resync()
             if drain_first:
                 await self.drain()
             txn = _Txn(self, _PendingReader(self), self.revision)
@@ -250,12 +253,15 @@ class Mvcc:
             batch.revoked_leases.extend(commit.revoked_leases)
             if commit.compact_revision is not None:
                 batch.compact_revision = commit.compact_revision
+        started = time.perf_counter()
         try:
             if batch.changes or batch.granted_leases or batch.revoked_leases or batch.compact_revision:
                 await self.store.write(batch)
         except Exception as error:  # noqa: BLE001 - every failure must fail the waiting writers
             self._fail(commits, error)
             return
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        COMMIT_GROUP_SIZE.observe(len(commits))
         self.durable_revision = revision
         for commit in commits:
             for change in commit.changes:
@@ -268,17 +274,31 @@ class Mvcc:
     def _fail(self, commits: list[Commit], error: Exception) -> None:
         """Undo every write not yet durable: they were evaluated on top of the failed ones."""
         log.error("commit of revision %d failed: %s", commits[-1].revision or self.revision, error)
+        COMMIT_FAILURES.inc()
         failed = commits + self._queue
         self._queue = []
         self._pending.clear()
         self.revision = self.durable_revision
-        if isinstance(error, StoreUnavailable):
-            reason: Exception = Unavailable(str(error))
-        else:
-            reason = error
+        self._resync_needed = True
         for commit in failed:
             if not commit.done.done():
-                commit.done.set_exception(reason)
+                commit.done.set_exception(error)
+
+    async def _resync(self) -> None:
+        """After a failed commit, learn whether it happened after all (its reply may have been lost)."""
+        stored = await self.store.revision()
+        if stored > self.durable_revision:
+            log.warning("a commit reported as failed did reach the store: continuing from revision %d", stored)
+            announced = self.durable_revision
+            self.revision = self.durable_revision = stored
+            for listener in self._resync_listeners:
+                listener(announced)
+        self._resync_needed = False
+
+    def on_resync(self, listener: Callable[[int], None]) -> None:
+        """Call `listener(last announced revision)` when later revisions became durable without
+        passing through `on_commit`."""
+        self._resync_listeners.append(listener)
 
 
 # -- reading state -------------------------------------------------------------------------------
@@ -323,7 +343,10 @@ Reader = _StoreReader | _PendingReader
 
 
 async def _execute_range(
-    op: RangeOp, reader: Reader, header_revision: int | None, local: dict[bytes, KeyValue | None] | None = None
+    op: RangeOp,
+    reader: Reader,
+    header_revision: int | None,
+    local: dict[bytes, KeyValue | None] | None = None,
 ) -> RangeResult:
     """etcd's executeRange: fetch, filter by revision, sort, truncate.
 

@@ -139,6 +139,5 @@ OpResult = RangeResult | PutResult | DeleteResult | TxnResult
 def is_read_only(txn: TxnOp) -> bool:
     """True when no branch of the txn, nested ones included, writes anything."""
     return all(
-        isinstance(op, RangeOp) or (isinstance(op, TxnOp) and is_read_only(op))
-        for op in (*txn.success, *txn.failure)
+        isinstance(op, RangeOp) or (isinstance(op, TxnOp) and is_read_only(op)) for op in (*txn.success, *txn.failure)
     )

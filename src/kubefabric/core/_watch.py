@@ -86,14 +86,19 @@ class Watcher:
         if not events:
             return
         if self._queued_events + len(events) > QUEUE_LIMIT:
-            # Too far behind: forget the queue and re-read it from the store later.
-            self.synced = False
-            self.next_revision = self._queue[0][0] if self._queue else revision
-            self._queue.clear()
-            self._queued_events = 0
+            self.fall_behind(revision)
         else:
             self._queue.append((revision, events))
             self._queued_events += len(events)
+        self._wakeup.set()
+
+    def fall_behind(self, revision: int) -> None:
+        """Forget the queue and read from the store, from the first revision not yet delivered
+        (the oldest queued one, else `revision`)."""
+        self.synced = False
+        self.next_revision = self._queue[0][0] if self._queue else revision
+        self._queue.clear()
+        self._queued_events = 0
         self._wakeup.set()
 
     async def run(self, deliver: Deliver) -> None:
@@ -150,6 +155,7 @@ class WatchHub:
         self.mvcc = mvcc
         self._watchers: set[Watcher] = set()
         mvcc.on_commit(self._publish)
+        mvcc.on_resync(self._resync)
 
     @property
     def revision(self) -> int:
@@ -169,6 +175,12 @@ class WatchHub:
 
     def __len__(self) -> int:
         return len(self._watchers)
+
+    def _resync(self, announced: int) -> None:
+        """Revisions after `announced` became durable unannounced: watchers read them from the store."""
+        for watcher in self._watchers:
+            if watcher.synced:
+                watcher.fall_behind(max(announced + 1, watcher.next_revision))
 
     def _publish(self, commit: Commit) -> None:
         if commit.revision is None or not commit.changes:

@@ -27,7 +27,9 @@ SERVER_OPTIONS = [
 ]
 
 
-def build_server(core: Core, client_url: str, progress_interval: float) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def build_server(
+    core: Core, client_url: str, progress_interval: float
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """An unstarted gRPC server with every etcd v3 service and the gRPC health service."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     headers = Headers(core)

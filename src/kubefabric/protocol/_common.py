@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 from prometheus_client import Counter, Histogram
 
-from kubefabric.core import Core, EtcdError, RequestTooLarge
+from kubefabric.core import Core, EtcdError, RequestTooLarge, StoreUnavailable
 from kubefabric.protocol.etcdpb import rpc_pb2
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,9 @@ def unary(method: Handler[R]) -> Handler[R]:
         except EtcdError as error:
             code = error.code
             await context.abort(grpc.StatusCode[error.code], str(error))
+        except StoreUnavailable as error:
+            code = "UNAVAILABLE"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"kubefabric: database unavailable: {error}")
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
@@ -98,7 +101,9 @@ def fill_unimplemented(servicer: type, service_name: str) -> type:
         if method.name in vars(servicer):
             continue
 
-        async def not_implemented(self: Any, request: Any, context: grpc.aio.ServicerContext, _m: str = method.name) -> None:
+        async def not_implemented(
+            self: Any, request: Any, context: grpc.aio.ServicerContext, _m: str = method.name
+        ) -> None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kubefabric does not implement {service_name}.{_m}")
 
         setattr(servicer, method.name, not_implemented)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from kubefabric.core import (
+    Change,
     Compare,
     CompareResult,
     CompareTarget,
     DeleteOp,
     DeleteResult,
+    KeyValue,
     Op,
     OpResult,
     PutOp,
@@ -21,7 +23,6 @@ from kubefabric.core import (
     key_range_end,
 )
 from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
-from kubefabric.stores import Change, KeyValue
 
 Header = rpc_pb2.ResponseHeader
 
@@ -39,7 +40,10 @@ def kv_message(kv: KeyValue) -> kv_pb2.KeyValue:
 
 def event_message(change: Change, with_prev: bool) -> kv_pb2.Event:
     if change.is_delete:
-        event = kv_pb2.Event(type=kv_pb2.Event.DELETE, kv=kv_pb2.KeyValue(key=change.kv.key, mod_revision=change.kv.mod_revision))
+        event = kv_pb2.Event(
+            type=kv_pb2.Event.DELETE,
+            kv=kv_pb2.KeyValue(key=change.kv.key, mod_revision=change.kv.mod_revision),
+        )
     else:
         event = kv_pb2.Event(type=kv_pb2.Event.PUT, kv=kv_message(change.kv))
     if with_prev and change.prev is not None:

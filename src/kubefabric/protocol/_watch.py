@@ -83,7 +83,11 @@ class _WatchStream:
         if request.start_revision < 0:
             await self.responses.put(
                 rpc_pb2.WatchResponse(
-                    header=self.headers(), watch_id=BROADCAST_ID, created=True, canceled=True, cancel_reason=COMPACTED_START
+                    header=self.headers(),
+                    watch_id=BROADCAST_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=COMPACTED_START,
                 )
             )
             return
@@ -91,7 +95,11 @@ class _WatchStream:
         if watch_id != 0 and watch_id in self.watches:
             await self.responses.put(
                 rpc_pb2.WatchResponse(
-                    header=self.headers(), watch_id=BROADCAST_ID, created=True, canceled=True, cancel_reason=DUPLICATE_WATCH_ID
+                    header=self.headers(),
+                    watch_id=BROADCAST_ID,
+                    created=True,
+                    canceled=True,
+                    cancel_reason=DUPLICATE_WATCH_ID,
                 )
             )
             return

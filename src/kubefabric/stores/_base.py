@@ -72,7 +72,14 @@ def split_batch(batch: WriteBatch) -> tuple[list[tuple[int, bytes, int]], list[t
                 pending[3] = kv.mod_revision
         superseded = kv.mod_revision if kv.version == 0 else LIVE
         inserts[(kv.key, kv.mod_revision)] = [
-            kv.key, kv.mod_revision, sub, superseded, kv.create_revision, kv.version, kv.lease, kv.value
+            kv.key,
+            kv.mod_revision,
+            sub,
+            superseded,
+            kv.create_revision,
+            kv.version,
+            kv.lease,
+            kv.value,
         ]
     return updates, [tuple(row) for row in inserts.values()]
 
@@ -103,6 +110,13 @@ class Store(Protocol):
         """Connect, create or migrate the schema, and return the persisted state."""
 
     async def close(self) -> None: ...
+
+    async def revision(self) -> int:
+        """The revision of the last durable batch, read from the database.
+
+        After a failed write the core asks, because a commit whose acknowledgement was lost may
+        still have happened.
+        """
 
     async def write(self, batch: WriteBatch) -> None:
         """Persist the batch atomically; return only once it is durable."""

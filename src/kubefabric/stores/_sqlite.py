@@ -59,7 +59,7 @@ INSERT_ROW = f"INSERT INTO kv ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' 
 SUPERSEDE = "UPDATE kv SET superseded = ? WHERE key = ? AND mod_revision = ?"
 SET_META = "UPDATE meta SET value = ? WHERE name = ?"
 READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
-CHANGES = f"""
+CHANGES = """
 SELECT e.key, e.create_revision, e.mod_revision, e.version, e.value, e.lease, e.sub,
        p.key, p.create_revision, p.mod_revision, p.version, p.value, p.lease
 FROM kv e LEFT JOIN kv p ON p.key = e.key AND p.superseded = e.mod_revision AND p.mod_revision < e.mod_revision
@@ -87,7 +87,9 @@ def parse_endpoint(endpoint: str) -> tuple[Path, int, str]:
     busy_timeout_ms, synchronous = 30000, "FULL"
     for name, value in parse_qsl(query, keep_blank_values=True):
         if name not in KNOWN_OPTIONS:
-            raise SqliteOptionError(f"unknown sqlite endpoint option {name!r} (known: {', '.join(sorted(KNOWN_OPTIONS))})")
+            raise SqliteOptionError(
+                f"unknown sqlite endpoint option {name!r} (known: {', '.join(sorted(KNOWN_OPTIONS))})"
+            )
         if name in ("_journal", "_journal_mode") and value.upper() != "WAL":
             raise SqliteOptionError(f"{name}={value}: kubefabric always runs SQLite in WAL mode")
         if name == "_txlock" and value.lower() != "immediate":
@@ -175,6 +177,9 @@ class SqliteStore:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+
+    async def revision(self) -> int:
+        return await self._on_reader(lambda db: db.execute(READ_REVISION).fetchone()[0])
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -269,8 +274,7 @@ class SqliteStore:
         finally:
             db.execute("COMMIT")
         return [
-            Change(KeyValue._make(row[:6]), row[6], None if row[7] is None else KeyValue._make(row[7:]))
-            for row in rows
+            Change(KeyValue._make(row[:6]), row[6], None if row[7] is None else KeyValue._make(row[7:])) for row in rows
         ]
 
     async def size(self) -> int:
