@@ -311,6 +311,10 @@ class _StoreReader:
         self.store = store
         self.revision = revision
 
+    async def get(self, key: bytes) -> KeyValue | None:
+        rows = await self.store.range(key, None, self.revision, 0, False, False)
+        return rows.kvs[0] if rows.kvs else None
+
     async def range(
         self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
@@ -323,16 +327,18 @@ class _PendingReader:
     def __init__(self, mvcc: Mvcc) -> None:
         self.mvcc = mvcc
 
+    async def get(self, key: bytes) -> KeyValue | None:
+        kv = self.mvcc._pending.get(key)
+        if kv is None:
+            return await self.mvcc.store.latest(key)
+        return None if kv is _DELETED else kv
+
     async def range(
         self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
         if end is None and revision == 0:
-            kv = self.mvcc._pending.get(start)
-            if kv is None:
-                kv = await self.mvcc.store.latest(start)
-            kvs = [] if kv is None or kv is _DELETED else [kv]
-            if keys_only:
-                kvs = [kv._replace(value=b"") for kv in kvs]
+            kv = await self.get(start)
+            kvs = [] if kv is None else [kv._replace(value=b"") if keys_only else kv]
             return RangeRows([] if count_only else kvs, len(kvs), self.mvcc.revision)
         # Multi-key and historical reads come from the store alone: first let pending writes land.
         await self.mvcc.drain()
@@ -402,7 +408,8 @@ class _Txn:
         self.reader = reader
         self.base_revision = revision
         self.write_revision = revision + 1
-        self.local: dict[bytes, KeyValue | None] = {}
+        self.local: dict[bytes, KeyValue | None] = {}  # this txn's writes
+        self._read: dict[bytes, KeyValue | None] = {}  # keys read before this txn wrote them
         self.changes: list[Change] = []
 
     @property
@@ -410,6 +417,15 @@ class _Txn:
         return self.write_revision if self.changes else self.base_revision
 
     async def keys_in(self, key: bytes, end: bytes | None) -> list[KeyValue]:
+        if end is None:
+            # Compares and writes of one txn often read the same key (a create: compare, then put).
+            if key in self.local:
+                kv = self.local[key]
+            elif key in self._read:
+                kv = self._read[key]
+            else:
+                kv = self._read[key] = await self.reader.get(key)
+            return [] if kv is None else [kv]
         result = await _execute_range(RangeOp(key, end), self.reader, self.current_revision, self.local)
         return result.kvs
 

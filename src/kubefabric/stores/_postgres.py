@@ -1,0 +1,392 @@
+"""PostgreSQL store: asyncpg with a connection pool.
+
+Every write batch is one SQL statement (data-modifying CTEs over unnest()ed arrays), so a batch
+costs one round trip and one commit, and no transaction is ever left open between statements.
+Reads run in a REPEATABLE READ READ ONLY transaction, so the revision they report and the rows they
+return come from one snapshot. Losing the server turns into StoreUnavailable within a bounded time,
+and the pool replaces broken connections by itself once the server is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+
+import asyncpg
+
+from kubefabric.stores._base import (
+    LIVE,
+    ROW_COLUMNS,
+    Change,
+    KeyValue,
+    RangeRows,
+    StoredState,
+    StoreUnavailable,
+    WriteBatch,
+    split_batch,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+# Serializes schema creation between kubefabric processes starting on the same empty database.
+SCHEMA_LOCK_ID = 0x6B75_6265_6661_62  # "kubefab"
+SCHEMA = f"""
+CREATE TABLE kv (
+    key bytea NOT NULL,
+    mod_revision bigint NOT NULL,
+    sub integer NOT NULL,
+    superseded bigint NOT NULL,
+    create_revision bigint NOT NULL,
+    version bigint NOT NULL,
+    lease bigint NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (key, mod_revision)
+);
+CREATE INDEX kv_live ON kv (superseded, key);
+CREATE INDEX kv_history ON kv (mod_revision, sub);
+CREATE TABLE lease (id bigint PRIMARY KEY, ttl bigint NOT NULL);
+CREATE TABLE meta (name text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', 0);
+"""
+LOCK_SCHEMA = f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"
+SCHEMA_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
+INSERT_IDENTITY = "INSERT INTO meta VALUES ('identity', $1)"
+READ_META = "SELECT name, value FROM meta"
+READ_LEASES = "SELECT id, ttl FROM lease"
+READ_LEASED_KEYS = f"SELECT lease, key FROM kv WHERE superseded = {LIVE} AND lease != 0"
+READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
+READ_SIZE = "SELECT pg_total_relation_size('kv') + pg_total_relation_size('lease') + pg_total_relation_size('meta')"
+
+# One statement per batch. The CTEs all see the snapshot from before the statement, which is safe
+# because split_batch only supersedes rows that existed before the batch. Leases granted and
+# revoked in the same batch end up revoked, as if the grants ran first.
+WRITE_BATCH = f"""
+WITH superseded AS (
+    UPDATE kv SET superseded = u.superseded
+    FROM unnest($1::bigint[], $2::bytea[], $3::bigint[]) AS u (superseded, key, mod_revision)
+    WHERE kv.key = u.key AND kv.mod_revision = u.mod_revision
+), inserted AS (
+    INSERT INTO kv ({", ".join(ROW_COLUMNS)})
+    SELECT * FROM unnest($4::bytea[], $5::bigint[], $6::integer[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bytea[])
+), granted AS (
+    INSERT INTO lease (id, ttl)
+    SELECT * FROM unnest($12::bigint[], $13::bigint[]) AS g (id, ttl) WHERE g.id <> ALL($14::bigint[])
+), revoked AS (
+    DELETE FROM lease WHERE id = ANY($14::bigint[])
+)
+UPDATE meta SET value = CASE name WHEN 'revision' THEN $15::bigint ELSE coalesce($16::bigint, value) END
+WHERE name IN ('revision', 'compact_revision')
+"""
+
+# Chunks of bounded size, each its own transaction, so compaction never holds up writers for long.
+# ORDER BY makes every chunk an index scan from the oldest superseded version.
+COMPACT_CHUNK_ROWS = 2000
+COMPACT_CHUNK = f"""
+DELETE FROM kv WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM kv WHERE superseded <= $1 ORDER BY superseded LIMIT {COMPACT_CHUNK_ROWS}
+))
+"""
+
+KV_FIELDS = "key, create_revision, mod_revision, version, value, lease"
+KV_KEYS_ONLY = "key, create_revision, mod_revision, version, ''::bytea, lease"
+LATEST = f"SELECT {KV_FIELDS} FROM kv WHERE superseded = {LIVE} AND key = $1"
+# Which versions a range sees: the live ones, or those valid at revision ${n}.
+LIVE_VERSIONS = f"superseded = {LIVE}"
+VERSIONS_AT = "mod_revision <= ${n} AND superseded > ${n}"
+# Which keys: exactly $1, [$1, $2), or [$1, end of keyspace).
+ONE_KEY = "key = $1"
+KEYS_BETWEEN = "key >= $1 AND key < $2"
+KEYS_FROM = "key >= $1"
+SELECT_RANGE = "SELECT {fields} FROM kv WHERE {versions} AND {keys} ORDER BY key"
+COUNT_RANGE = "SELECT count(*) FROM kv WHERE {versions} AND {keys}"
+
+# Changes with $1 < revision <= $2, at most $3 of them unless that would split a revision: the
+# page ends at the revision of its $3-th change, so the events of one txn stay together.
+CHANGES = """
+SELECT e.key, e.create_revision, e.mod_revision, e.version, e.value, e.lease, e.sub,
+       p.key, p.create_revision, p.mod_revision, p.version, p.value, p.lease
+FROM kv e LEFT JOIN kv p ON p.superseded = e.mod_revision AND p.key = e.key AND p.mod_revision < e.mod_revision
+WHERE e.mod_revision > $1 AND e.mod_revision <= coalesce((
+    SELECT mod_revision FROM kv WHERE mod_revision > $1 AND mod_revision <= $2
+    ORDER BY mod_revision, sub LIMIT 1 OFFSET $3 - 1
+), $2)
+ORDER BY e.mod_revision, e.sub
+"""
+
+CREATE_DATABASE = "CREATE DATABASE {name}"
+MAINTENANCE_DATABASE = "postgres"
+DEFAULT_DATABASE = "kubernetes"
+
+# Query options of the postgres:// endpoint, as libpq spells them; anything else is refused
+# rather than silently ignored.
+KNOWN_OPTIONS = {"sslmode", "sslrootcert", "sslcert", "sslkey"}
+SSL_MODES = {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+
+# Bounds that turn a dead or unreachable server into StoreUnavailable instead of a hang.
+CONNECT_TIMEOUT = 5.0  # TCP + TLS + authentication of one new connection
+COMMAND_TIMEOUT = 10.0  # one statement, and waiting for a free pooled connection
+BULK_READ_TIMEOUT = 60.0  # range and history reads, whose size is the caller's choice
+POOL_MAX_SIZE = 10
+SERVER_SETTINGS = {
+    "application_name": "kubefabric",
+    # Server side backstop: a session whose client vanished mid-transaction is ended.
+    "idle_in_transaction_session_timeout": "60000",
+}
+
+# Failures that say the server cannot be used right now, rather than that a statement is wrong:
+# class 08 (connection), 57 (shutdown, crash, cancel), 53 (too many connections, disk full), a
+# read-only server (a replica after failover), and network errors and timeouts (OSError).
+OUTAGES: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.exceptions.ReadOnlySQLTransactionError,
+    OSError,
+)
+
+
+class PostgresOptionError(ValueError):
+    pass
+
+
+class PostgresSchemaError(Exception):
+    pass
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str, str]:
+    """-> (DSN for asyncpg, database name, the endpoint with its password masked for messages)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise PostgresOptionError(f"not a postgres:// endpoint: {mask_password(endpoint)!r}")
+    database = unquote(parts.path.lstrip("/")) or DEFAULT_DATABASE
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name not in KNOWN_OPTIONS:
+            raise PostgresOptionError(
+                f"unknown postgres endpoint option {name!r} (known: {', '.join(sorted(KNOWN_OPTIONS))})"
+            )
+        if name == "sslmode" and value not in SSL_MODES:
+            raise PostgresOptionError(f"sslmode={value}: expected one of {', '.join(sorted(SSL_MODES))}")
+    dsn = urlunsplit(parts._replace(path="/" + quote(database)))
+    return dsn, database, mask_password(endpoint)
+
+
+def mask_password(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    if parts.password is None:
+        return endpoint
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def quote_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    """Pooled connections keep no session state, so skip asyncpg's RESET ALL round trip on release."""
+
+
+class PostgresStore:
+    """A Store in one PostgreSQL database."""
+
+    def __init__(self, endpoint: str) -> None:
+        self._dsn, self._database, self._endpoint = parse_endpoint(endpoint)
+        self._pool: asyncpg.Pool | None = None
+
+    def __repr__(self) -> str:
+        return self._endpoint
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        reason = str(error) or type(error).__name__
+        if isinstance(error, TimeoutError):
+            reason = f"no answer within the timeout ({reason})"
+        return StoreUnavailable(f"PostgreSQL at {self._endpoint} is unavailable: {reason}")
+
+    def _is_outage(self, error: BaseException, connection: asyncpg.Connection | None) -> bool:
+        # asyncpg reports a closed connection or pool as InterfaceError; other InterfaceErrors are bugs.
+        if isinstance(error, asyncpg.InterfaceError):
+            return connection is None or connection.is_closed()
+        return isinstance(error, OUTAGES)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; an outage while using it becomes StoreUnavailable."""
+        if self._pool is None:
+            raise StoreUnavailable(f"PostgreSQL store {self._endpoint} is not open")
+        connection: asyncpg.Connection | None = None
+        try:
+            connection = await self._pool.acquire(timeout=COMMAND_TIMEOUT)
+            yield connection
+        except Exception as error:
+            if not self._is_outage(error, connection):
+                raise
+            if connection is not None:
+                # Its state is unknown (maybe mid-statement): drop it rather than wait on a rollback.
+                connection.terminate()
+            # Its idle siblings most likely point at the same dead server: replace them on next use.
+            await self._pool.expire_connections()
+            raise self._unavailable(error) from error
+        finally:
+            if connection is not None:
+                await self._pool.release(connection)
+
+    @asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
+        """A read-only transaction whose statements all see one snapshot."""
+        async with self._connection() as connection:
+            async with connection.transaction(isolation="repeatable_read", readonly=True):
+                yield connection
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            self._dsn,
+            min_size=1,
+            max_size=POOL_MAX_SIZE,
+            timeout=CONNECT_TIMEOUT,
+            command_timeout=COMMAND_TIMEOUT,
+            server_settings=SERVER_SETTINGS,
+            reset=_no_reset,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self) -> StoredState:
+        try:
+            try:
+                self._pool = await self._create_pool()
+            except asyncpg.InvalidCatalogNameError:
+                await self._create_database()
+                self._pool = await self._create_pool()
+        except OUTAGES as error:
+            raise self._unavailable(error) from error
+        async with self._connection() as connection:
+            async with connection.transaction():
+                await connection.execute(LOCK_SCHEMA)
+                if not await connection.fetchval(SCHEMA_EXISTS):
+                    log.info("creating schema version %d in %s", SCHEMA_VERSION, self._endpoint)
+                    await connection.execute(SCHEMA)
+                    await connection.execute(INSERT_IDENTITY, random.getrandbits(63))
+            meta = dict(await connection.fetch(READ_META))
+            if meta["schema_version"] > SCHEMA_VERSION:
+                raise PostgresSchemaError(
+                    f"{self._endpoint} has schema version {meta['schema_version']}, newer than this "
+                    f"kubefabric ({SCHEMA_VERSION}); upgrade kubefabric"
+                )
+            if await connection.fetchval("SHOW synchronous_commit") == "off":
+                log.warning("%s has synchronous_commit=off: acknowledged writes may be lost", self._endpoint)
+            return StoredState(
+                revision=meta["revision"],
+                compact_revision=meta["compact_revision"],
+                leases=dict(await connection.fetch(READ_LEASES)),
+                leased_keys=[tuple(row) for row in await connection.fetch(READ_LEASED_KEYS)],
+                identity=meta["identity"],
+            )
+
+    async def _create_database(self) -> None:
+        """Create the endpoint's database from the maintenance database; a concurrent creator is fine."""
+        log.info("creating database %s", self._endpoint)
+        connection = await asyncpg.connect(
+            self._dsn, database=MAINTENANCE_DATABASE, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+        )
+        try:
+            await connection.execute(CREATE_DATABASE.format(name=quote_identifier(self._database)))
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            pass  # another process created it first
+        finally:
+            await connection.close()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def revision(self) -> int:
+        async with self._connection() as connection:
+            return int(await connection.fetchval(READ_REVISION))
+
+    # -- writes --------------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> None:
+        updates, inserts = split_batch(batch)
+        granted_ids = [lease for lease, _ in batch.granted_leases]
+        granted_ttls = [ttl for _, ttl in batch.granted_leases]
+        async with self._connection() as connection:
+            await connection.execute(
+                WRITE_BATCH,
+                *_columns(updates, 3),
+                *_columns(inserts, len(ROW_COLUMNS)),
+                granted_ids,
+                granted_ttls,
+                batch.revoked_leases,
+                batch.revision,
+                batch.compact_revision,
+            )
+
+    async def compact(self, revision: int) -> None:
+        while True:
+            async with self._connection() as connection:
+                status = await connection.execute(COMPACT_CHUNK, revision)
+            if status == "DELETE 0":
+                return
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        if end is None:
+            keys, params = ONE_KEY, [start]
+        elif end:
+            keys, params = KEYS_BETWEEN, [start, end]
+        else:
+            keys, params = KEYS_FROM, [start]
+        async with self._snapshot() as connection:
+            head = await connection.fetchval(READ_REVISION)
+            if revision <= 0 or revision >= head:
+                versions = LIVE_VERSIONS
+            else:
+                versions = VERSIONS_AT.format(n=len(params) + 1)
+                params.append(revision)
+            count_query = COUNT_RANGE.format(versions=versions, keys=keys)
+            if count_only:
+                return RangeRows([], await connection.fetchval(count_query, *params, timeout=BULK_READ_TIMEOUT), head)
+            query = SELECT_RANGE.format(fields=KV_KEYS_ONLY if keys_only else KV_FIELDS, versions=versions, keys=keys)
+            if limit > 0:
+                query += f" LIMIT {limit}"
+            rows = await connection.fetch(query, *params, timeout=BULK_READ_TIMEOUT)
+            if limit <= 0 or len(rows) < limit:
+                count = len(rows)
+            else:
+                count = await connection.fetchval(count_query, *params, timeout=BULK_READ_TIMEOUT)
+        return RangeRows([KeyValue._make(row) for row in rows], count, head)
+
+    async def latest(self, key: bytes) -> KeyValue | None:
+        async with self._connection() as connection:
+            row = await connection.fetchrow(LATEST, key)
+        return None if row is None else KeyValue._make(row)
+
+    async def changes(self, after: int, until: int, limit: int) -> list[Change]:
+        # One statement, so one snapshot: no transaction needed.
+        async with self._connection() as connection:
+            rows = await connection.fetch(CHANGES, after, until, limit, timeout=BULK_READ_TIMEOUT)
+        return [
+            Change(KeyValue._make(row[:6]), row[6], None if row[7] is None else KeyValue._make(row[7:])) for row in rows
+        ]
+
+    async def size(self) -> int:
+        async with self._connection() as connection:
+            return int(await connection.fetchval(READ_SIZE))
+
+
+def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows -> one list per column, the shape unnest() takes."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(column) for column in zip(*rows, strict=True)]
