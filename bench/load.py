@@ -20,6 +20,7 @@ from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
 KEY_PREFIX = b"/registry/bench/"
 VALUE = b"v" * 1024
 PAGE_SIZE = 500  # kube-apiserver's default page size for paginated lists
+PRELOAD_BATCH = 100  # puts per preload txn: under etcd's default limit of 128 operations per txn
 RPC_TIMEOUT = 60.0  # generous: only there so a stuck server fails the run instead of hanging it
 
 T = TypeVar("T")
@@ -170,15 +171,17 @@ async def updates(address: str, clients: ClientGroup, keys_per_client: int, wind
 
 
 async def put_keys(address: str, keys: Sequence[bytes], concurrency: int) -> None:
-    """Preload: plain puts of VALUE under every key, concurrency at a time."""
+    """Preload: VALUE under every key, PRELOAD_BATCH puts to a txn (far fewer round trips), concurrently."""
+    batches = [keys[start : start + PRELOAD_BATCH] for start in range(0, len(keys), PRELOAD_BATCH)]
 
-    async def put_each(kv: rpc_pb2_grpc.KVStub, stripe: Sequence[bytes]) -> None:
-        for key in stripe:
-            await kv.Put(rpc_pb2.PutRequest(key=key, value=VALUE), timeout=RPC_TIMEOUT)
+    async def put_each(kv: rpc_pb2_grpc.KVStub, stripe: Sequence[Sequence[bytes]]) -> None:
+        for batch in stripe:
+            puts = [rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=key, value=VALUE)) for key in batch]
+            await kv.Txn(rpc_pb2.TxnRequest(success=puts), timeout=RPC_TIMEOUT)
 
     async with open_channel(address) as channel:
         kv = rpc_pb2_grpc.KVStub(channel)
-        await asyncio.gather(*(put_each(kv, keys[offset::concurrency]) for offset in range(concurrency)))
+        await asyncio.gather(*(put_each(kv, batches[offset::concurrency]) for offset in range(concurrency)))
 
 
 async def list_prefix(kv: rpc_pb2_grpc.KVStub, prefix: bytes) -> int:
@@ -242,7 +245,8 @@ async def watch_delays(address: str, puts_per_second: float, duration: float) ->
     async with open_channel(address) as channel:
         kv = rpc_pb2_grpc.KVStub(channel)
         stream = rpc_pb2_grpc.WatchStub(channel).Watch()
-        create = rpc_pb2.WatchCreateRequest(key=KEY_PREFIX, range_end=prefix_end(KEY_PREFIX))
+        # kube-apiserver's watch asks for previous values too
+        create = rpc_pb2.WatchCreateRequest(key=KEY_PREFIX, range_end=prefix_end(KEY_PREFIX), prev_kv=True)
         await stream.write(rpc_pb2.WatchRequest(create_request=create))
         if not (await stream.read()).created:
             raise RuntimeError("the watch was not created")

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from bench.targets import REFERENCE
 
+DISTURBED_CORES = 0.2  # "other" CPU above this: something else competed with the run for the machine
+
 
 @dataclass(frozen=True)
 class CpuUse:
@@ -35,6 +37,8 @@ class TargetRun:
 
 @dataclass(frozen=True)
 class WorkloadRows:
+    """A workload's name and the labels of the table rows it fills."""
+
     name: str
     rows: tuple[str, ...]
 
@@ -83,26 +87,31 @@ def cpu_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> 
     header = ["CPU cores busy: server + generator + other", *runs]
     lines = []
     for workload in workloads:
-        uses = [
-            run.measured[workload.name].cpu if workload.name in run.measured else None
-            for run in runs.values()
-        ]
+        uses = [run.measured[workload.name].cpu if workload.name in run.measured else None for run in runs.values()]
         if any(uses):
             lines.append(
                 [
                     workload.name,
-                    *(
-                        f"{use.server:.2f} + {use.generator:.2f} + {use.other:.2f}" if use else "–"
-                        for use in uses
-                    ),
+                    *(f"{use.server:.2f} + {use.generator:.2f} + {use.other:.2f}" if use else "–" for use in uses),
                 ]
             )
-    return markdown_table(header, lines)
+    return [*markdown_table(header, lines), ""] if lines else []
+
+
+def disturbance_note(runs: dict[str, TargetRun]) -> list[str]:
+    """A warning when other processes kept a noticeable share of the CPUs busy during the windows."""
+    others = [measured.cpu.other for run in runs.values() for measured in run.measured.values() if measured.cpu]
+    if not others or max(others) < DISTURBED_CORES:
+        return []
+    return [
+        f"Other processes kept up to {max(others):.2f} cores busy during the measurements: "
+        "the numbers are disturbed; compare them with care or rerun on a quiet machine."
+    ]
 
 
 def render(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun], notes: Sequence[str]) -> str:
-    lines = [*results_table(workloads, runs), "", *cpu_table(workloads, runs), ""]
-    lines += [f"- {note}" for note in notes]
+    lines = [*results_table(workloads, runs), "", *cpu_table(workloads, runs)]
+    lines += [f"- {note}" for note in [*notes, *disturbance_note(runs)]]
     for target, run in runs.items():
         lines += [f"- {target} failed {workload}: {error}" for workload, error in run.failures.items()]
     return "\n".join(lines) + "\n"

@@ -26,8 +26,8 @@ from bench.report import CpuUse, Measured, TargetRun, WorkloadRows, render
 from bench.targets import REFERENCE, TARGETS, start_target
 from tests._servers import ServerProcess
 
-# Two generator processes beat one (a single grpc.aio event loop saturates a core), and three or
-# more only add scheduling contention with the server on this 2-core machine; see README notes.
+# One process per core: a single grpc.aio event loop tops out near one core (~200 µs of CPU per txn),
+# while 3-4 processes on 2 cores cost 10-25% more generator CPU per request and gained no throughput.
 DEFAULT_PROCESSES = 2
 CONCURRENT_CLIENTS = 64
 LIST_KEYS = 20_000
@@ -39,6 +39,8 @@ WINDOW_START_DELAY = 1.0  # lets every worker connect before the window opens
 
 @dataclass(frozen=True)
 class Settings:
+    """What --quick and --processes change."""
+
     processes: int
     duration: float
     sequential_lists: int
@@ -46,6 +48,8 @@ class Settings:
 
 @dataclass(frozen=True)
 class Workload:
+    """A named measurement, the table rows it fills, and how to take it against one fresh server."""
+
     name: str
     rows: tuple[str, ...]
     measure: Callable[[Bench, ServerProcess], Measured]
@@ -104,12 +108,11 @@ class Bench:
         return self.pool.apply(load.run_job, (job, *args))
 
     def preload(self, server: ServerProcess, keys: Sequence[bytes]) -> None:
+        """Put a 1 KiB value under every key, the work spread over all worker processes."""
         processes = self.settings.processes
         concurrency = CONCURRENT_CLIENTS // processes
         pending = [
-            self.pool.apply_async(
-                load.run_job, (load.put_keys, server.address, keys[offset::processes], concurrency)
-            )
+            self.pool.apply_async(load.run_job, (load.put_keys, server.address, keys[offset::processes], concurrency))
             for offset in range(processes)
         ]
         for result in pending:
@@ -125,8 +128,7 @@ class Bench:
         assert server.process is not None
         window = load.Window(time.time() + WINDOW_START_DELAY, self.settings.duration)
         pending = [
-            self.pool.apply_async(load.run_job, (job, server.address, *args, window))
-            for args in per_process_args
+            self.pool.apply_async(load.run_job, (job, server.address, *args, window)) for args in per_process_args
         ]
         sleep_until(window.start_at)
         server_cpu_at_start, machine_busy_at_start = cpu_seconds(server.process.pid), machine_busy_seconds()
@@ -137,9 +139,7 @@ class Bench:
         generator_cpu = sum(result.cpu_seconds for result in results)
         operations_per_second = sum(result.operations_per_second for result in results)
         other_cpu = max(0.0, machine_busy - server_cpu - generator_cpu)
-        return operations_per_second, CpuUse(
-            *(cpu / window.duration for cpu in (server_cpu, generator_cpu, other_cpu))
-        )
+        return operations_per_second, CpuUse(*(cpu / window.duration for cpu in (server_cpu, generator_cpu, other_cpu)))
 
 
 def measure_creates(bench: Bench, server: ServerProcess) -> Measured:
@@ -168,9 +168,7 @@ def measure_list(bench: Bench, server: ServerProcess) -> Measured:
 
 
 def measure_watch(bench: Bench, server: ServerProcess) -> Measured:
-    delays = bench.run_alone(
-        load.watch_delays, server.address, WATCH_PUTS_PER_SECOND, bench.settings.duration
-    )
+    delays = bench.run_alone(load.watch_delays, server.address, WATCH_PUTS_PER_SECOND, bench.settings.duration)
     percentiles = statistics.quantiles([delay * 1000 for delay in delays], n=100)
     return Measured((percentiles[49], percentiles[98]))
 
@@ -205,6 +203,12 @@ def log_tail(server: ServerProcess, lines: int = 15) -> str:
         return "(no server log)"
 
 
+def error_summary(error: Exception) -> str:
+    """One line for the report: the error's first line and, for a multi-line one (a log tail), its last."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+
+
 def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Workload]) -> TargetRun:
     """Each workload against target, each on a fresh server; a failing workload does not stop the rest."""
     run = TargetRun()
@@ -220,7 +224,7 @@ def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Wor
             )
             print(f"  {numbers} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
         except Exception as error:  # a server under development may fail one workload; keep the others
-            run.failures[workload.name] = str(error).splitlines()[0] if str(error) else type(error).__name__
+            run.failures[workload.name] = error_summary(error)
             print(f"  failed: {error}", file=sys.stderr)
             if server is not None:
                 print(f"  server log tail:\n{log_tail(server)}", file=sys.stderr, flush=True)
@@ -245,9 +249,12 @@ def notes(settings: Settings) -> list[str]:
 
 @contextmanager
 def work_directory(path: str | None) -> Iterator[Path]:
-    """The given directory, kept afterwards; or a temporary one, removed afterwards."""
+    """A new directory under path, kept afterwards; or, without path, a temporary one removed afterwards."""
     if path is not None:
-        yield Path(path)
+        Path(path).mkdir(parents=True, exist_ok=True)
+        kept = Path(tempfile.mkdtemp(prefix="kubefabric-bench-", dir=path))
+        print(f"server data and logs: {kept}", file=sys.stderr)
+        yield kept
         return
     with tempfile.TemporaryDirectory(prefix="kubefabric-bench-") as temporary:
         yield Path(temporary)
@@ -255,25 +262,19 @@ def work_directory(path: str | None) -> Iterator[Path]:
 
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--targets", default=",".join(TARGETS), help=f"comma-separated, from: {', '.join(TARGETS)}"
-    )
+    parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from: {', '.join(TARGETS)}")
     parser.add_argument("--quick", action="store_true", help="3 s windows instead of 10 s, for a smoke run")
     parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES, help="load generator processes")
     parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES), help="comma-separated subset to run")
     parser.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
-    parser.add_argument(
-        "--workdir", metavar="DIR", help="keep server data and logs here (default: a temp dir)"
-    )
+    parser.add_argument("--workdir", metavar="DIR", help="keep server data and logs in a new directory under DIR")
     args = parser.parse_args(argv)
     args.targets = comma_separated(parser, "targets", args.targets, TARGETS)
     args.workloads = comma_separated(parser, "workloads", args.workloads, WORKLOAD_NAMES)
     return args
 
 
-def comma_separated(
-    parser: argparse.ArgumentParser, option: str, value: str, choices: Sequence[str]
-) -> list[str]:
+def comma_separated(parser: argparse.ArgumentParser, option: str, value: str, choices: Sequence[str]) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
     unknown = [name for name in names if name not in choices]
     if unknown:
@@ -297,9 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench = Bench(pool, settings)
         selected = [workload for workload in WORKLOADS if workload.name in args.workloads]
         runs = {target: run_target(bench, target, workdir / target, selected) for target in args.targets}
-    report = render(
-        [WorkloadRows(workload.name, workload.rows) for workload in selected], runs, notes(settings)
-    )
+    report = render([WorkloadRows(workload.name, workload.rows) for workload in selected], runs, notes(settings))
     print(report)
     if args.markdown:
         Path(args.markdown).write_text(report)

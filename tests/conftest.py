@@ -13,14 +13,23 @@ from pathlib import Path
 import pytest
 
 from tests._client import Etcd
+from tests._databases import mysql_drop_databases, mysql_endpoint, postgres_drop_databases, postgres_endpoint
 from tests._servers import ServerProcess, WarmServers, start_etcd, start_kubefabric
 
 # kubefabric targets by store name: each maps a per-test work directory to an --endpoint.
 STORE_ENDPOINTS = {
     "sqlite": lambda workdir: f"sqlite://{workdir}/state.db",
+    "postgres": lambda workdir: postgres_endpoint(),
+    "mysql": lambda workdir: mysql_endpoint(),
 }
 TARGETS = ["etcd", *(f"kubefabric-{store}" for store in STORE_ENDPOINTS)]
 STORES = list(STORE_ENDPOINTS)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Drop the databases this session's servers used (their servers are stopped by now)."""
+    postgres_drop_databases()
+    mysql_drop_databases()
 
 
 def start_target(target: str, workdir: Path) -> ServerProcess:

@@ -118,17 +118,29 @@ class WatchStream:
             raise response
         return response
 
-    def events(self, count: int, watch_id: int | None = None) -> list[kv_pb2.Event]:
-        """Collect exactly `count` events, possibly spread over several responses."""
-        collected: list[kv_pb2.Event] = []
-        while len(collected) < count:
+    def events_by_watch(self, count: int) -> dict[int, list[kv_pb2.Event]]:
+        """Collect exactly `count` events, grouped by watch ID.
+
+        A server may batch events of several revisions into one response, so this counts events,
+        not responses.
+        """
+        grouped: dict[int, list[kv_pb2.Event]] = {}
+        received = 0
+        while received < count:
             response = self.next()
-            assert not response.canceled and not response.created, response
-            if watch_id is not None:
-                assert response.watch_id == watch_id, response
-            collected.extend(response.events)
-        assert len(collected) == count, f"expected {count} events, got {len(collected)}: {collected}"
-        return collected
+            assert not response.canceled and not response.created and response.events, response
+            # Clients resume from the header revision, so it must never lag the events delivered.
+            assert response.header.revision >= max(event.kv.mod_revision for event in response.events), response
+            grouped.setdefault(response.watch_id, []).extend(response.events)
+            received += len(response.events)
+        assert received == count, f"expected {count} events, got {received}: {grouped}"
+        return grouped
+
+    def events(self, count: int, watch_id: int) -> list[kv_pb2.Event]:
+        """Collect exactly `count` events, all for one watch."""
+        grouped = self.events_by_watch(count)
+        assert list(grouped) == [watch_id], grouped
+        return grouped[watch_id]
 
     def assert_quiet(self, seconds: float = 0.3) -> None:
         """Nothing further arrives within `seconds`: catches duplicate or unfiltered events."""

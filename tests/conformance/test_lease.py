@@ -128,9 +128,7 @@ def test_an_expired_lease_deletes_its_keys(client: Etcd) -> None:
         watch_id = stream.create(b"ephemeral", start_revision=client.revision() + 1)
         expired = stream.next(timeout=EXPIRY_TIMEOUT)
         assert expired.watch_id == watch_id
-        assert [(event.type, event.kv.key) for event in expired.events] == [
-            (kv_pb2.Event.DELETE, b"ephemeral")
-        ]
+        assert [(event.type, event.kv.key) for event in expired.events] == [(kv_pb2.Event.DELETE, b"ephemeral")]
 
     wait_for(lambda: granted.ID not in lease_ids(client), EXPIRY_TIMEOUT, "the expired lease to disappear")
     assert keys_of(client.get(b"\0", b"\0")) == [b"durable"]

@@ -59,12 +59,8 @@ def test_methods_kubernetes_does_not_need_fail_cleanly_and_the_server_keeps_serv
             rpc_pb2.AuthUserAddRequest(name="u", password="p"), timeout=RESPONSE_TIMEOUT
         ),
         "Auth.RoleAdd": lambda: auth.RoleAdd(rpc_pb2.AuthRoleAddRequest(name="r"), timeout=RESPONSE_TIMEOUT),
-        "Maintenance.Defragment": lambda: client.maintenance.Defragment(
-            rpc_pb2.DefragmentRequest(), timeout=10
-        ),
-        "Maintenance.HashKV": lambda: client.maintenance.HashKV(
-            rpc_pb2.HashKVRequest(), timeout=RESPONSE_TIMEOUT
-        ),
+        "Maintenance.Defragment": lambda: client.maintenance.Defragment(rpc_pb2.DefragmentRequest(), timeout=10),
+        "Maintenance.HashKV": lambda: client.maintenance.HashKV(rpc_pb2.HashKVRequest(), timeout=RESPONSE_TIMEOUT),
     }
     for name, call in calls.items():
         # etcd implements these; kubefabric may refuse them, but with a deliberate status, not a crash.

@@ -20,9 +20,7 @@ TARGET_FIELD = {
 EQUAL, GREATER, LESS, NOT_EQUAL = Compare.EQUAL, Compare.GREATER, Compare.LESS, Compare.NOT_EQUAL
 
 
-def compare(
-    key: bytes, target: Target, result: Result, operand: int | bytes, range_end: bytes = b""
-) -> Compare:
+def compare(key: bytes, target: Target, result: Result, operand: int | bytes, range_end: bytes = b"") -> Compare:
     condition = Compare(key=key, range_end=range_end, target=target, result=result)
     setattr(condition, TARGET_FIELD[target], operand)
     return condition
@@ -32,9 +30,7 @@ def holds(client: Etcd, *compares: Compare) -> bool:
     return bool(client.txn(list(compares), []).succeeded)
 
 
-def nested_txn_op(
-    compares: list[Compare], success: list[RequestOp], failure: list[RequestOp]
-) -> rpc_pb2.RequestOp:
+def nested_txn_op(compares: list[Compare], success: list[RequestOp], failure: list[RequestOp]) -> rpc_pb2.RequestOp:
     return RequestOp(request_txn=rpc_pb2.TxnRequest(compare=compares, success=success, failure=failure))
 
 
@@ -106,14 +102,14 @@ def test_compares_on_missing_keys_and_ranges(client: Etcd) -> None:
 
 def test_compares_are_a_conjunction_choosing_the_branch(client: Etcd) -> None:
     client.put(b"k", b"v")
-    true = compare(b"k", Compare.VERSION, EQUAL, 1)
-    false = compare(b"k", Compare.VERSION, EQUAL, 2)
+    holding = compare(b"k", Compare.VERSION, EQUAL, 1)
+    failing = compare(b"k", Compare.VERSION, EQUAL, 2)
 
     assert holds(client)  # No compares at all: success.
-    assert holds(client, true, true)
-    assert not holds(client, true, false)
+    assert holds(client, holding, holding)
+    assert not holds(client, holding, failing)
 
-    response = client.txn([true, false], [put_op(b"success")], [put_op(b"failure")])
+    response = client.txn([holding, failing], [put_op(b"success")], [put_op(b"failure")])
     assert not response.succeeded
     assert [op.WhichOneof("response") for op in response.responses] == ["response_put"]
     assert keys_of(client.get(b"\0", b"\0")) == [b"failure", b"k"]
@@ -133,10 +129,8 @@ def test_writes_of_one_txn_share_one_revision_and_later_reads_see_them(client: E
     put_a, put_b, delete_c, read_a, read_c = response.responses
     assert put_a.response_put.header.revision == base + 1
     assert put_b.response_put.header.revision == base + 1
-    assert (delete_c.response_delete_range.header.revision, delete_c.response_delete_range.deleted) == (
-        base + 1,
-        1,
-    )
+    deleted = delete_c.response_delete_range
+    assert (deleted.header.revision, deleted.deleted) == (base + 1, 1)
     assert [kv_tuple(kv) for kv in read_a.response_range.kvs] == [(b"a", b"new", base - 1, base + 1, 2, 0)]
     assert read_a.response_range.header.revision == base + 1
     assert (list(read_c.response_range.kvs), read_c.response_range.count) == ([], 0)
@@ -185,9 +179,7 @@ def test_nested_txn(client: Etcd) -> None:
     assert not nested.response_txn.succeeded
     nested_put, nested_read = nested.response_txn.responses
     assert nested_put.response_put.header.revision == base + 1
-    assert [(kv.key, kv.value, kv.mod_revision) for kv in nested_read.response_range.kvs] == [
-        (b"y", b"new", base + 1)
-    ]
+    assert [(kv.key, kv.value, kv.mod_revision) for kv in nested_read.response_range.kvs] == [(b"y", b"new", base + 1)]
     assert keys_of(client.get(b"\0", b"\0")) == [b"nested-failure", b"x", b"y"]
 
 
@@ -215,21 +207,20 @@ def test_writing_a_key_twice_in_one_txn_is_rejected(client: Etcd) -> None:
 
 def test_kube_apiserver_create(client: Etcd) -> None:
     """Create: If(MOD(key) == 0) Then(Put)."""
+    key = b"/registry/pods/p"
     lease = grant_lease(client, ttl=60)
     base = client.revision()
 
-    created = client.txn(
-        [mod_revision_is(b"/registry/pods/p", 0)], [put_op(b"/registry/pods/p", b"v1", lease=lease)]
-    )
+    created = client.txn([mod_revision_is(key, 0)], [put_op(key, b"v1", lease=lease)])
     assert (created.succeeded, created.header.revision) == (True, base + 1)
     assert created.responses[0].response_put.header.revision == base + 1
     assert not created.responses[0].response_put.HasField("prev_kv")
-    stored = (b"/registry/pods/p", b"v1", base + 1, base + 1, 1, lease)
-    assert [kv_tuple(kv) for kv in client.get(b"/registry/pods/p").kvs] == [stored]
+    stored = (key, b"v1", base + 1, base + 1, 1, lease)
+    assert [kv_tuple(kv) for kv in client.get(key).kvs] == [stored]
 
-    exists = client.txn([mod_revision_is(b"/registry/pods/p", 0)], [put_op(b"/registry/pods/p", b"v2")])
+    exists = client.txn([mod_revision_is(key, 0)], [put_op(key, b"v2")])
     assert (exists.succeeded, exists.header.revision, list(exists.responses)) == (False, base + 1, [])
-    assert [kv_tuple(kv) for kv in client.get(b"/registry/pods/p").kvs] == [stored]
+    assert [kv_tuple(kv) for kv in client.get(key).kvs] == [stored]
 
 
 def test_kube_apiserver_update(client: Etcd) -> None:
@@ -257,9 +248,7 @@ def test_kube_apiserver_delete(client: Etcd) -> None:
 
     stale = client.txn([mod_revision_is(key, created)], [delete_op(key)], [range_op(key)])
     assert (stale.succeeded, stale.header.revision) == (False, modified)
-    assert [kv_tuple(kv) for kv in stale.responses[0].response_range.kvs] == [
-        (key, b"v2", created, modified, 2, 0)
-    ]
+    assert [kv_tuple(kv) for kv in stale.responses[0].response_range.kvs] == [(key, b"v2", created, modified, 2, 0)]
 
     deleted = client.txn([mod_revision_is(key, modified)], [delete_op(key)], [range_op(key)])
     assert (deleted.succeeded, deleted.header.revision) == (True, modified + 1)
@@ -277,9 +266,7 @@ def test_kube_apiserver_compaction_bookkeeping(client: Etcd) -> None:
     key = b"compact_rev_key"
     base = client.revision()
 
-    first = client.txn(
-        [compare(key, Compare.VERSION, EQUAL, 0)], [put_op(key, b"%d" % base)], [range_op(key)]
-    )
+    first = client.txn([compare(key, Compare.VERSION, EQUAL, 0)], [put_op(key, b"%d" % base)], [range_op(key)])
     assert (first.succeeded, first.header.revision) == (True, base + 1)
     assert first.responses[0].response_put.header.revision == base + 1
 
@@ -290,9 +277,7 @@ def test_kube_apiserver_compaction_bookkeeping(client: Etcd) -> None:
         (key, b"%d" % base, base + 1, base + 1, 1, 0)
     ]
 
-    second = client.txn(
-        [compare(key, Compare.VERSION, EQUAL, 1)], [put_op(key, b"%d" % (base + 1))], [range_op(key)]
-    )
+    second = client.txn([compare(key, Compare.VERSION, EQUAL, 1)], [put_op(key, b"%d" % (base + 1))], [range_op(key)])
     assert (second.succeeded, second.header.revision) == (True, base + 2)
     assert client.compact(base + 1).header.revision == base + 2
     assert client.get(key).kvs[0].version == 2

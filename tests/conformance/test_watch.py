@@ -28,11 +28,7 @@ def test_watch_on_a_key_reports_its_puts_and_deletes(client: Etcd) -> None:
         updated = client.put(b"a", b"2").header.revision
         deleted = client.delete(b"a").header.revision
 
-        responses = [stream.next() for _ in range(3)]
-        assert [(response.watch_id, len(response.events)) for response in responses] == [(watch_id, 1)] * 3
-        # Each response's header carries the revision of the events it delivers.
-        assert [response.header.revision for response in responses] == [created, updated, deleted]
-        put_1, put_2, delete = (response.events[0] for response in responses)
+        put_1, put_2, delete = stream.events(3, watch_id)
         assert (put_1.type, kv_tuple(put_1.kv)) == (PUT, (b"a", b"1", created, created, 1, 0))
         assert (put_2.type, kv_tuple(put_2.kv)) == (PUT, (b"a", b"2", created, updated, 2, 0))
         # A delete event carries only the key and the deleting revision.
@@ -58,10 +54,9 @@ def test_many_watches_share_one_stream(client: Etcd) -> None:
 
         for key in (b"c", b"a", b"b"):
             client.put(key, b"v")
-        received = {}
-        for _ in range(3):
-            response = stream.next()
-            received[response.watch_id] = [event.kv.key for event in response.events]
+        received = {
+            watch_id: [event.kv.key for event in events] for watch_id, events in stream.events_by_watch(3).items()
+        }
         assert received == {auto_a: [b"a"], auto_b: [b"b"], chosen: [b"c"]}
 
 
@@ -79,11 +74,11 @@ def test_start_revision_replays_history_then_streams_live_events(client: Etcd) -
 
         live_only = stream.create(b"p/", prefix_end(b"p/"), start_revision=0)
         c_put = client.put(b"p/c", b"1").header.revision
-        deliveries = [stream.next() for _ in range(2)]
-        live_event = [(PUT, b"p/c", b"1", c_put)]
         by_watch = {
-            response.watch_id: [event_summary(event) for event in response.events] for response in deliveries
+            watch_id: [event_summary(event) for event in events]
+            for watch_id, events in stream.events_by_watch(2).items()
         }
+        live_event = [(PUT, b"p/c", b"1", c_put)]
         assert by_watch == {replaying: live_event, live_only: live_event}
         stream.assert_quiet()
 
@@ -110,10 +105,10 @@ def test_noput_and_nodelete_filters(client: Etcd) -> None:
         client.delete(b"a")
         client.put(b"a", b"2")
 
-        by_watch: dict[int, list[tuple[int, bytes]]] = {deletes_only: [], puts_only: []}
-        for _ in range(3):
-            response = stream.next()
-            by_watch[response.watch_id].extend((event.type, event.kv.value) for event in response.events)
+        by_watch = {
+            watch_id: [(event.type, event.kv.value) for event in events]
+            for watch_id, events in stream.events_by_watch(3).items()
+        }
         assert by_watch == {deletes_only: [(DELETE, b"")], puts_only: [(PUT, b"1"), (PUT, b"2")]}
         stream.assert_quiet()
 
@@ -201,11 +196,7 @@ def test_many_writes_arrive_in_order_without_gaps_or_duplicates(client: Etcd) ->
         live = [client.put(b"k/%d" % (i % 7), b"%d" % i).header.revision for i in range(50, 100)]
 
         events = stream.events(100, watch_id)
-        assert (
-            [event.kv.mod_revision for event in events]
-            == historic + live
-            == list(range(base + 1, base + 101))
-        )
+        assert [event.kv.mod_revision for event in events] == historic + live == list(range(base + 1, base + 101))
         assert [event.kv.value for event in events] == [b"%d" % i for i in range(100)]
         stream.assert_quiet()
 
@@ -218,9 +209,8 @@ def test_range_watches(client: Etcd) -> None:
         for key in (b"a", b"b", b"bz", b"c", b"d", b"e"):
             client.put(key, b"v")
 
-        by_watch: dict[int, list[bytes]] = {interval: [], from_key: []}
-        for _ in range(6):
-            response = stream.next()
-            by_watch[response.watch_id].extend(event.kv.key for event in response.events)
+        by_watch = {
+            watch_id: [event.kv.key for event in events] for watch_id, events in stream.events_by_watch(6).items()
+        }
         assert by_watch == {interval: [b"b", b"bz", b"c"], from_key: [b"c", b"d", b"e"]}
         stream.assert_quiet()

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import grpc
 from google.protobuf import text_format
@@ -35,7 +35,7 @@ class Failure:
     details: str
 
 
-Outcome = Message | Failure
+Outcome: TypeAlias = Message | Failure
 
 
 def invoke(etcd: Etcd, service: str, method: str, request: Message) -> Outcome:
@@ -75,7 +75,7 @@ def _drop_cluster_identity(message: Message) -> None:
                 _drop_cluster_identity(child)
 
 
-def show(outcome: Outcome | list[Message]) -> str:
+def show(outcome: Outcome | list[Outcome] | list[Message]) -> str:
     if isinstance(outcome, Failure):
         return f"error {outcome.code.name if outcome.code else 'NO ANSWER'}: {outcome.details!r}"
     if isinstance(outcome, list):
@@ -90,6 +90,9 @@ class Lockstep:
         self.oracle = oracle
         self.subject = subject
         self.diverged = False
+        # Everything compared since the current example began, to reproduce a divergence by hand: state
+        # the subject keeps across examples can make hypothesis's own replay of it miss.
+        self.transcript: list[str] = []
 
     def call(self, service: str, method: str, request: Message) -> Outcome:
         """The oracle's outcome, once the subject's has been found equal to it."""
@@ -105,27 +108,28 @@ class Lockstep:
         expected: Outcome | list[Message],
         actual: Outcome | list[Message],
     ) -> None:
-        if isinstance(expected, list) and isinstance(actual, list):
-            same = [canonical(item) for item in expected] == [canonical(item) for item in actual]
-        else:
-            same = _same_outcome(canonical(expected), canonical(actual))
-        if not same:
+        oracle, subject = _canonical_all(expected), _canonical_all(actual)
+        if not _same(oracle, subject):
             self.fail(
                 f"{operation} diverged from etcd\n"
                 f"  request:    {show(request)}\n"
-                f"  etcd:       {show(expected)}\n"
-                f"  kubefabric: {show(actual)}"
+                f"  etcd:       {show(oracle)}\n"
+                f"  kubefabric: {show(subject)}"
             )
+        self.transcript.append(f"{operation}: {show(request)}\n      -> {show(oracle)}")
 
     def fail(self, message: str) -> None:
         self.diverged = True
-        raise AssertionError(message)
+        so_far = "\n".join(f"    {line}" for line in self.transcript) or "    (nothing)"
+        raise AssertionError(f"{message}\n  after this example's operations, as both answered them:\n{so_far}")
 
 
-def _same_outcome(expected: Outcome, actual: Outcome) -> bool:
-    if isinstance(expected, rpc_pb2.LeaseTimeToLiveResponse) and isinstance(
-        actual, rpc_pb2.LeaseTimeToLiveResponse
-    ):
+def _canonical_all(outcome: Outcome | list[Message]) -> Outcome | list[Outcome]:
+    return [canonical(item) for item in outcome] if isinstance(outcome, list) else canonical(outcome)
+
+
+def _same(expected: Outcome | list[Outcome], actual: Outcome | list[Outcome]) -> bool:
+    if isinstance(expected, rpc_pb2.LeaseTimeToLiveResponse) and isinstance(actual, rpc_pb2.LeaseTimeToLiveResponse):
         # Remaining TTL is rounded up to whole seconds on servers granted a few milliseconds apart.
         if abs(expected.TTL - actual.TTL) <= 1:
             actual.TTL = expected.TTL
@@ -200,9 +204,7 @@ class WatchStream:
     def history(self, watch_id: int) -> list[rpc_pb2.WatchResponse]:
         """Every response for the watch after its created response."""
         with self._changed:
-            return [
-                response for response in self._log if response.watch_id == watch_id and not response.created
-            ]
+            return [response for response in self._log if response.watch_id == watch_id and not response.created]
 
     def await_delivery(self, watch_id: int, revision: int | None) -> None:
         """Wait until the watch is cancelled or has delivered an event at or after revision."""
@@ -219,7 +221,7 @@ def watch_record(watch_id: int, responses: list[rpc_pb2.WatchResponse]) -> list[
     every response that carried more than events (a compaction cancel, a stray notification).
 
     Headers are dropped: etcd stamps a catch-up batch with whatever the revision was when its sync loop
-    ran, so only its lower bound is checked (check_watch_headers)."""
+    ran, so only its lower bound is checked (header_behind_events)."""
     events = rpc_pb2.WatchResponse(watch_id=watch_id, events=[event for r in responses for event in r.events])
     notices = []
     for response in responses:
@@ -243,6 +245,5 @@ def header_behind_events(responses: list[rpc_pb2.WatchResponse]) -> rpc_pb2.Watc
 def delivered(responses: list[rpc_pb2.WatchResponse], revision: int | None) -> bool:
     """Whether the watch has been cancelled, or has delivered an event at or after revision."""
     return any(r.canceled for r in responses) or (
-        revision is not None
-        and any(event.kv.mod_revision >= revision for r in responses for event in r.events)
+        revision is not None and any(event.kv.mod_revision >= revision for r in responses for event in r.events)
     )

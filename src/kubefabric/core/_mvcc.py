@@ -27,6 +27,7 @@ from kubefabric.core._ops import (
     CompareTarget,
     DeleteOp,
     DeleteResult,
+    Op,
     OpResult,
     PutOp,
     PutResult,
@@ -79,7 +80,7 @@ class Mvcc:
         self.store = store
         self.revision = 0  # last revision assigned to a write (may not be durable yet)
         self.durable_revision = 0  # last revision the store has made durable
-        self.compact_revision = 0
+        self.compact_revision = -1  # etcd's "never compacted": Compact(0) is then allowed once
         self.identity = 0
         self.known_leases: Container[int] = ()  # the lessor's granted leases; puts may name only these
         self._write_lock = asyncio.Lock()
@@ -130,6 +131,9 @@ class Mvcc:
 
     async def put(self, op: PutOp) -> PutResult:
         check_put(op)
+        # A plain Put checks its lease before its key; inside a txn etcd checks the key first.
+        if op.lease and op.lease not in self.known_leases:
+            raise LeaseNotFound()
         result = await self._write(lambda txn: txn.put(op))
         assert isinstance(result, PutResult)
         return result
@@ -430,12 +434,12 @@ class _Txn:
         return result.kvs
 
     async def put(self, op: PutOp) -> PutResult:
-        if op.lease and op.lease not in self.mvcc.known_leases:
-            raise LeaseNotFound()
         found = await self.keys_in(op.key, None)
         prev = found[0] if found else None
         if (op.ignore_value or op.ignore_lease) and prev is None:
             raise KeyNotFound()
+        if op.lease and op.lease not in self.mvcc.known_leases:
+            raise LeaseNotFound()
         value = prev.value if op.ignore_value and prev else op.value
         lease = prev.lease if op.ignore_lease and prev else op.lease
         revision = self.write_revision
@@ -456,17 +460,34 @@ class _Txn:
         return DeleteResult(self.current_revision, len(victims), victims if op.prev_kv else [])
 
     async def range(self, op: RangeOp) -> RangeResult:
-        # Checked against the revision the txn started at, as etcd's checkTxn does.
-        if op.revision > self.base_revision:
-            raise FutureRevision()
-        if 0 < op.revision < self.mvcc.compact_revision:
-            raise Compacted()
         return await _execute_range(op, self.reader, self.current_revision, self.local)
 
     async def run(self, txn: TxnOp) -> TxnResult:
-        # etcd evaluates every compare on the chosen path, nested ones too, before any op runs.
-        path = iter(await self._path(txn))
-        return await self._apply(txn, path)
+        # etcd evaluates every compare on the chosen path, nested ones too, then checks every put
+        # on it, then every range, and only then runs any op.
+        path = await self._path(txn)
+        chosen = list(self._chosen_ops(txn, iter(path)))
+        for op in chosen:
+            if isinstance(op, PutOp):
+                if (op.ignore_value or op.ignore_lease) and not await self.keys_in(op.key, None):
+                    raise KeyNotFound()
+                if op.lease and op.lease not in self.mvcc.known_leases:
+                    raise LeaseNotFound()
+        for op in chosen:
+            if isinstance(op, RangeOp):
+                if op.revision > self.base_revision:
+                    raise FutureRevision()
+                if 0 < op.revision < self.mvcc.compact_revision:
+                    raise Compacted()
+        return await self._apply(txn, iter(path))
+
+    def _chosen_ops(self, txn: TxnOp, path: Iterator[bool]) -> Iterator[Op]:
+        """The ops the path runs, nested txns flattened, in the order they run."""
+        for op in txn.success if next(path) else txn.failure:
+            if isinstance(op, TxnOp):
+                yield from self._chosen_ops(op, path)
+            else:
+                yield op
 
     async def _path(self, txn: TxnOp) -> list[bool]:
         succeeded = True

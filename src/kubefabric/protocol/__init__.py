@@ -6,12 +6,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from kubefabric.core import Core
-from kubefabric.protocol._common import GRPC_RECEIVE_LIMIT, Headers
+from kubefabric.protocol._common import GRPC_RECEIVE_LIMIT, Headers, register
 from kubefabric.protocol._kv import KVService
 from kubefabric.protocol._lease import LeaseService
 from kubefabric.protocol._maintenance import ETCD_VERSION, AuthService, ClusterService, MaintenanceService
 from kubefabric.protocol._watch import WatchService
-from kubefabric.protocol.etcdpb import rpc_pb2_grpc
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", GRPC_RECEIVE_LIMIT),
@@ -33,12 +32,12 @@ def build_server(
     """An unstarted gRPC server with every etcd v3 service and the gRPC health service."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     headers = Headers(core)
-    rpc_pb2_grpc.add_KVServicer_to_server(KVService(core, headers), server)
-    rpc_pb2_grpc.add_WatchServicer_to_server(WatchService(core, headers, progress_interval), server)
-    rpc_pb2_grpc.add_LeaseServicer_to_server(LeaseService(core, headers), server)
-    rpc_pb2_grpc.add_MaintenanceServicer_to_server(MaintenanceService(core, headers), server)
-    rpc_pb2_grpc.add_ClusterServicer_to_server(ClusterService(headers, client_url), server)
-    rpc_pb2_grpc.add_AuthServicer_to_server(AuthService(headers), server)
+    register(server, "KV", KVService(core, headers))
+    register(server, "Watch", WatchService(core, headers, progress_interval))
+    register(server, "Lease", LeaseService(core, headers))
+    register(server, "Maintenance", MaintenanceService(core, headers))
+    register(server, "Cluster", ClusterService(headers, client_url))
+    register(server, "Auth", AuthService(headers))
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
     return server, health_service

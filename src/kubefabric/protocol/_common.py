@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
+from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter, Histogram
 
 from kubefabric.core import Core, EtcdError, RequestTooLarge, StoreUnavailable
@@ -68,6 +70,9 @@ def unary(method: Handler[R]) -> Handler[R]:
         started = time.perf_counter()
         code = "OK"
         try:
+            if isinstance(request, MalformedRequest):
+                code = "INTERNAL"
+                await context.abort(grpc.StatusCode.INTERNAL, request.status)
             return await method(self, request, context)
         except EtcdError as error:
             code = error.code
@@ -94,17 +99,48 @@ def check_size(request: Any) -> None:
         raise RequestTooLarge()
 
 
-def fill_unimplemented(servicer: type, service_name: str) -> type:
-    """Give every method the class does not implement a clear UNIMPLEMENTED answer."""
+class MalformedRequest:
+    """What a request whose bytes do not parse arrives as, so the handler can answer like etcd."""
+
+    def __init__(self, error: DecodeError) -> None:
+        self.status = f"grpc: error unmarshalling request: {error}"
+
+
+def _decoder(message_class: Any) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as error:
+            return MalformedRequest(error)
+
+    return decode
+
+
+_HANDLER_KINDS = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def register(server: grpc.aio.Server, service_name: str, servicer: object) -> None:
+    """Serve every method of an etcd service; those the servicer lacks answer UNIMPLEMENTED."""
     service = rpc_pb2.DESCRIPTOR.services_by_name[service_name]
+    handlers = {}
     for method in service.methods:
-        if method.name in vars(servicer):
-            continue
+        behaviour = getattr(servicer, method.name, None) or _not_implemented(f"{service_name}.{method.name}")
+        handler_kind = _HANDLER_KINDS[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = handler_kind(
+            behaviour,
+            request_deserializer=_decoder(GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
 
-        async def not_implemented(
-            self: Any, request: Any, context: grpc.aio.ServicerContext, _m: str = method.name
-        ) -> None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kubefabric does not implement {service_name}.{_m}")
 
-        setattr(servicer, method.name, not_implemented)
-    return servicer
+def _not_implemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:
+    async def answer(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"kubefabric does not implement {name}")
+
+    return answer

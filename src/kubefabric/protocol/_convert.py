@@ -158,7 +158,9 @@ def txn_response(result: TxnResult, header: Header) -> rpc_pb2.TxnResponse:
             return rpc_pb2.ResponseOp(response_put=put_response(op, Header()))
         if isinstance(op, DeleteResult):
             return rpc_pb2.ResponseOp(response_delete_range=delete_response(op, Header()))
-        return rpc_pb2.ResponseOp(response_txn=txn_response(op, Header()))
+        nested = txn_response(op, Header())
+        nested.header.revision = 0  # etcd sets a revision only on the outermost txn's header
+        return rpc_pb2.ResponseOp(response_txn=nested)
 
     header.revision = result.revision
     return rpc_pb2.TxnResponse(

@@ -6,11 +6,11 @@ import grpc
 
 from kubefabric.core import Core, KeyNotFound
 from kubefabric.protocol import _convert as convert
-from kubefabric.protocol._common import Headers, check_size, fill_unimplemented, unary
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.protocol._common import Headers, check_size, unary
+from kubefabric.protocol.etcdpb import rpc_pb2
 
 
-class KVService(rpc_pb2_grpc.KVServicer):
+class KVService:
     def __init__(self, core: Core, headers: Headers) -> None:
         self.mvcc = core.mvcc
         self.headers = headers
@@ -30,12 +30,17 @@ class KVService(rpc_pb2_grpc.KVServicer):
     async def DeleteRange(
         self, request: rpc_pb2.DeleteRangeRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.DeleteRangeResponse:
+        check_size(request)
         result = await self.mvcc.delete(convert.delete_op(request))
         return convert.delete_response(result, self.headers())
 
     @unary
     async def Txn(self, request: rpc_pb2.TxnRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.TxnResponse:
-        check_size(request)
+        # Like etcd, only writes are size-limited (they would go through its raft log); a txn
+        # counts as a read only when every op of both branches is a plain range.
+        ops = (*request.success, *request.failure)
+        if not all(op.WhichOneof("request") == "request_range" for op in ops):
+            check_size(request)
         try:
             txn = convert.txn_op(request)
         except convert.EmptyRequestOp:
@@ -49,6 +54,3 @@ class KVService(rpc_pb2_grpc.KVServicer):
     ) -> rpc_pb2.CompactionResponse:
         revision = await self.mvcc.compact(request.revision, request.physical)
         return rpc_pb2.CompactionResponse(header=self.headers(revision))
-
-
-fill_unimplemented(KVService, "KV")

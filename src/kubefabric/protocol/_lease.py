@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from kubefabric.core import Core
-from kubefabric.protocol._common import Headers, fill_unimplemented, unary
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.protocol._common import Headers, MalformedRequest, unary
+from kubefabric.protocol.etcdpb import rpc_pb2
 
 
-class LeaseService(rpc_pb2_grpc.LeaseServicer):
+class LeaseService:
     def __init__(self, core: Core, headers: Headers) -> None:
         self.leases = core.leases
         self.headers = headers
@@ -34,6 +34,8 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
         self, requests: AsyncIterator[rpc_pb2.LeaseKeepAliveRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.LeaseKeepAliveResponse]:
         async for request in requests:
+            if isinstance(request, MalformedRequest):
+                await context.abort(grpc.StatusCode.INTERNAL, request.status)
             ttl = self.leases.keep_alive(request.ID)
             yield rpc_pb2.LeaseKeepAliveResponse(header=self.headers(), ID=request.ID, TTL=ttl)
 
@@ -56,6 +58,3 @@ class LeaseService(rpc_pb2_grpc.LeaseServicer):
     ) -> rpc_pb2.LeaseLeasesResponse:
         leases = [rpc_pb2.LeaseStatus(ID=lease_id) for lease_id in self.leases.ids()]
         return rpc_pb2.LeaseLeasesResponse(header=self.headers(), leases=leases)
-
-
-fill_unimplemented(LeaseService, "Lease")

@@ -5,15 +5,15 @@ from __future__ import annotations
 import grpc
 
 from kubefabric.core import Core
-from kubefabric.protocol._common import Headers, fill_unimplemented, unary
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.protocol._common import Headers, unary
+from kubefabric.protocol.etcdpb import rpc_pb2
 
 # The etcd version kubefabric answers as. kube-apiserver 1.31+ enables RequestWatchProgress only
 # from 3.5.13 on, and kubefabric implements it.
 ETCD_VERSION = "3.5.17"
 
 
-class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
+class MaintenanceService:
     def __init__(self, core: Core, headers: Headers) -> None:
         self.core = core
         self.headers = headers
@@ -40,7 +40,7 @@ class MaintenanceService(rpc_pb2_grpc.MaintenanceServicer):
         return rpc_pb2.AlarmResponse(header=self.headers())
 
 
-class ClusterService(rpc_pb2_grpc.ClusterServicer):
+class ClusterService:
     def __init__(self, headers: Headers, client_url: str) -> None:
         self.headers = headers
         self.client_url = client_url
@@ -54,7 +54,7 @@ class ClusterService(rpc_pb2_grpc.ClusterServicer):
         return rpc_pb2.MemberListResponse(header=header, members=[member])
 
 
-class AuthService(rpc_pb2_grpc.AuthServicer):
+class AuthService:
     def __init__(self, headers: Headers) -> None:
         self.headers = headers
 
@@ -63,8 +63,3 @@ class AuthService(rpc_pb2_grpc.AuthServicer):
         self, request: rpc_pb2.AuthStatusRequest, context: grpc.aio.ServicerContext
     ) -> rpc_pb2.AuthStatusResponse:
         return rpc_pb2.AuthStatusResponse(header=self.headers(), enabled=False)
-
-
-fill_unimplemented(MaintenanceService, "Maintenance")
-fill_unimplemented(ClusterService, "Cluster")
-fill_unimplemented(AuthService, "Auth")

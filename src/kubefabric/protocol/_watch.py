@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from kubefabric.core import Core, WatchBatch, Watcher, key_range_end
-from kubefabric.protocol._common import Headers
+from kubefabric.protocol._common import Headers, MalformedRequest
 from kubefabric.protocol._convert import event_message
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.protocol.etcdpb import rpc_pb2
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ COMPACTED_START = "etcdserver: mvcc: required revision has been compacted"
 BROADCAST_ID = -1  # progress responses that speak for every watcher on the stream
 
 
-class WatchService(rpc_pb2_grpc.WatchServicer):
+class WatchService:
     def __init__(self, core: Core, headers: Headers, progress_interval: float) -> None:
         self.core = core
         self.headers = headers
@@ -38,7 +38,10 @@ class WatchService(rpc_pb2_grpc.WatchServicer):
         ticking = asyncio.create_task(stream.notify_progress(self.progress_interval))
         try:
             while True:
-                yield await stream.responses.get()
+                response = await stream.responses.get()
+                if isinstance(response, MalformedRequest):
+                    await context.abort(grpc.StatusCode.INTERNAL, response.status)
+                yield response
         finally:
             receiving.cancel()
             ticking.cancel()
@@ -59,7 +62,8 @@ class _WatchStream:
     def __init__(self, core: Core, headers: Headers) -> None:
         self.hub = core.watches
         self.headers = headers
-        self.responses: asyncio.Queue[rpc_pb2.WatchResponse] = asyncio.Queue(STREAM_BUFFER)
+        # Responses in send order; a malformed request ends the stream from the same queue.
+        self.responses: asyncio.Queue[rpc_pb2.WatchResponse | MalformedRequest] = asyncio.Queue(STREAM_BUFFER)
         self.watches: dict[int, _Watch] = {}
         self._next_id = 0
         self._progress_requests: set[asyncio.Task[None]] = set()
@@ -67,6 +71,9 @@ class _WatchStream:
     async def receive(self, requests: AsyncIterator[rpc_pb2.WatchRequest]) -> None:
         try:
             async for request in requests:
+                if isinstance(request, MalformedRequest):
+                    await self.responses.put(request)
+                    return
                 kind = request.WhichOneof("request_union")
                 if kind == "create_request":
                     await self._create(request.create_request)
@@ -103,10 +110,11 @@ class _WatchStream:
                 )
             )
             return
-        if watch_id == 0:  # 0 asks the server to choose, as etcd does: the lowest unused id counting up
+        if watch_id == 0:  # 0 asks the server to choose: as etcd, count up and never reuse an id
             while self._next_id in self.watches:
                 self._next_id += 1
             watch_id = self._next_id
+            self._next_id += 1
         filters = set(request.filters)
         watcher = self.hub.watch(
             request.key or b"\0",
@@ -123,16 +131,17 @@ class _WatchStream:
 
     async def _pump(self, watch: _Watch) -> None:
         async def deliver(batch: WatchBatch) -> None:
-            response = rpc_pb2.WatchResponse(
-                header=self.headers(batch.revision),
-                watch_id=watch.id,
-                events=[event_message(change, watch.prev_kv) for change in batch.events],
-            )
             if batch.compact_revision:
-                response.canceled = True
-                response.compact_revision = batch.compact_revision
-                response.cancel_reason = COMPACTED_START
+                # etcd's compaction notice: no reason and a header at revision 0.
+                response = rpc_pb2.WatchResponse(
+                    header=self.headers(0), watch_id=watch.id, canceled=True, compact_revision=batch.compact_revision
+                )
             else:
+                response = rpc_pb2.WatchResponse(
+                    header=self.headers(batch.revision),
+                    watch_id=watch.id,
+                    events=[event_message(change, watch.prev_kv) for change in batch.events],
+                )
                 watch.sent_events = True
             await self.responses.put(response)
 

@@ -27,7 +27,37 @@ def open_store(endpoint: str) -> Store:
             return SqliteStore(endpoint)
         except ValueError as error:
             raise EndpointError(str(error)) from None
-    raise EndpointError(f"unsupported endpoint scheme {scheme!r} in {redact(endpoint)!r}; supported: sqlite://")
+    if scheme in ("postgres", "postgresql"):
+        return _open_postgres(endpoint)
+    if scheme == "mysql":
+        return _open_mysql(endpoint)
+    raise EndpointError(
+        f"unsupported endpoint scheme {scheme!r} in {redact(endpoint)!r}; supported: sqlite://, postgres://, mysql://"
+    )
+
+
+def _open_postgres(endpoint: str) -> Store:
+    try:
+        # asyncpg is an optional dependency, so the module is imported only when it is needed.
+        from kubefabric.stores._postgres import PostgresStore
+    except ImportError:
+        raise EndpointError("postgres:// endpoints need asyncpg: pip install 'kubefabric[postgres]'") from None
+    try:
+        return PostgresStore(endpoint)
+    except ValueError as error:
+        raise EndpointError(str(error)) from None
+
+
+def _open_mysql(endpoint: str) -> Store:
+    try:
+        # asyncmy is an optional dependency, so the module is imported only when it is needed.
+        from kubefabric.stores._mysql import MysqlStore
+    except ImportError:
+        raise EndpointError("mysql:// endpoints need asyncmy: pip install 'kubefabric[mysql]'") from None
+    try:
+        return MysqlStore(endpoint)
+    except ValueError as error:
+        raise EndpointError(str(error)) from None
 
 
 def redact(endpoint: str) -> str:

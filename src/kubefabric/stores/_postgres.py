@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
 
@@ -51,7 +51,7 @@ CREATE INDEX kv_live ON kv (superseded, key);
 CREATE INDEX kv_history ON kv (mod_revision, sub);
 CREATE TABLE lease (id bigint PRIMARY KEY, ttl bigint NOT NULL);
 CREATE TABLE meta (name text PRIMARY KEY, value bigint NOT NULL);
-INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', 0);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', -1);
 """
 LOCK_SCHEMA = f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"
 SCHEMA_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
@@ -60,6 +60,7 @@ READ_META = "SELECT name, value FROM meta"
 READ_LEASES = "SELECT id, ttl FROM lease"
 READ_LEASED_KEYS = f"SELECT lease, key FROM kv WHERE superseded = {LIVE} AND lease != 0"
 READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
+READ_SYNCHRONOUS_COMMIT = "SHOW synchronous_commit"
 READ_SIZE = "SELECT pg_total_relation_size('kv') + pg_total_relation_size('lease') + pg_total_relation_size('meta')"
 
 # One statement per batch. The CTEs all see the snapshot from before the statement, which is safe
@@ -79,8 +80,8 @@ WITH superseded AS (
 ), revoked AS (
     DELETE FROM lease WHERE id = ANY($14::bigint[])
 )
-UPDATE meta SET value = CASE name WHEN 'revision' THEN $15::bigint ELSE coalesce($16::bigint, value) END
-WHERE name IN ('revision', 'compact_revision')
+UPDATE meta SET value = CASE name WHEN 'revision' THEN $15::bigint ELSE $16::bigint END
+WHERE name = 'revision' OR (name = 'compact_revision' AND $16::bigint IS NOT NULL)
 """
 
 # Chunks of bounded size, each its own transaction, so compaction never holds up writers for long.
@@ -107,10 +108,14 @@ COUNT_RANGE = "SELECT count(*) FROM kv WHERE {versions} AND {keys}"
 
 # Changes with $1 < revision <= $2, at most $3 of them unless that would split a revision: the
 # page ends at the revision of its $3-th change, so the events of one txn stay together.
+# The LATERAL ... LIMIT 1 keeps the previous version one index probe per change; as a plain join
+# the planner may merge-join against every superseded version still kept.
 CHANGES = """
 SELECT e.key, e.create_revision, e.mod_revision, e.version, e.value, e.lease, e.sub,
        p.key, p.create_revision, p.mod_revision, p.version, p.value, p.lease
-FROM kv e LEFT JOIN kv p ON p.superseded = e.mod_revision AND p.key = e.key AND p.mod_revision < e.mod_revision
+FROM kv e LEFT JOIN LATERAL (
+    SELECT * FROM kv p WHERE p.superseded = e.mod_revision AND p.key = e.key AND p.mod_revision < e.mod_revision LIMIT 1
+) p ON true
 WHERE e.mod_revision > $1 AND e.mod_revision <= coalesce((
     SELECT mod_revision FROM kv WHERE mod_revision > $1 AND mod_revision <= $2
     ORDER BY mod_revision, sub LIMIT 1 OFFSET $3 - 1
@@ -134,6 +139,10 @@ BULK_READ_TIMEOUT = 60.0  # range and history reads, whose size is the caller's 
 POOL_MAX_SIZE = 10
 SERVER_SETTINGS = {
     "application_name": "kubefabric",
+    # How many rows a key range holds varies by orders of magnitude (one key, a namespace, every
+    # pod), so plan each statement for its own parameters: a generic plan for a prepared range
+    # would sort a whole prefix to return its first 500 keys.
+    "plan_cache_mode": "force_custom_plan",
     # Server side backstop: a session whose client vanished mid-transaction is ended.
     "idle_in_transaction_session_timeout": "60000",
 }
@@ -212,7 +221,7 @@ class PostgresStore:
     def _is_outage(self, error: BaseException, connection: asyncpg.Connection | None) -> bool:
         # asyncpg reports a closed connection or pool as InterfaceError; other InterfaceErrors are bugs.
         if isinstance(error, asyncpg.InterfaceError):
-            return connection is None or connection.is_closed()
+            return connection is None or _is_closed(connection)
         return isinstance(error, OUTAGES)
 
     @asynccontextmanager
@@ -227,7 +236,7 @@ class PostgresStore:
         except Exception as error:
             if not self._is_outage(error, connection):
                 raise
-            if connection is not None:
+            if connection is not None and not _is_closed(connection):
                 # Its state is unknown (maybe mid-statement): drop it rather than wait on a rollback.
                 connection.terminate()
             # Its idle siblings most likely point at the same dead server: replace them on next use.
@@ -238,16 +247,29 @@ class PostgresStore:
                 await self._pool.release(connection)
 
     @asynccontextmanager
-    async def _snapshot(self) -> AsyncIterator[asyncpg.Connection]:
-        """A read-only transaction whose statements all see one snapshot."""
+    async def _transaction(self, **options: Any) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction on a pooled connection, committed unless the block raises."""
         async with self._connection() as connection:
-            async with connection.transaction(isolation="repeatable_read", readonly=True):
+            transaction = connection.transaction(**options)
+            await transaction.start()
+            try:
                 yield connection
+            except Exception as error:
+                # After an outage the connection is dropped, which ends the transaction on the
+                # server; a ROLLBACK would only wait on a server that may not answer.
+                if not self._is_outage(error, connection):
+                    await transaction.rollback()
+                raise
+            await transaction.commit()
+
+    def _snapshot(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """A read-only transaction whose statements all see one snapshot."""
+        return self._transaction(isolation="repeatable_read", readonly=True)
 
     async def _create_pool(self) -> asyncpg.Pool:
         return await asyncpg.create_pool(
             self._dsn,
-            min_size=1,
+            min_size=0,  # with a floor, asyncpg reconnects in the background and logs each failure
             max_size=POOL_MAX_SIZE,
             timeout=CONNECT_TIMEOUT,
             command_timeout=COMMAND_TIMEOUT,
@@ -258,49 +280,59 @@ class PostgresStore:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> StoredState:
+        self._pool = await self._create_pool()  # connects lazily, on first use
         try:
             try:
-                self._pool = await self._create_pool()
+                await self._create_schema()
             except asyncpg.InvalidCatalogNameError:
                 await self._create_database()
-                self._pool = await self._create_pool()
+                await self._create_schema()
+            return await self._read_state()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _create_database(self) -> None:
+        """Create the endpoint's database from the maintenance database; a concurrent creator is fine."""
+        log.info("creating database %s", self._endpoint)
+        try:
+            connection = await asyncpg.connect(
+                self._dsn, database=MAINTENANCE_DATABASE, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
+            )
+            try:
+                await connection.execute(CREATE_DATABASE.format(name=quote_identifier(self._database)))
+            except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+                pass  # another process created it first
+            finally:
+                await connection.close()
         except OUTAGES as error:
             raise self._unavailable(error) from error
+
+    async def _create_schema(self) -> None:
+        async with self._transaction() as connection:
+            await connection.execute(LOCK_SCHEMA)  # another kubefabric may be creating it right now
+            if not await connection.fetchval(SCHEMA_EXISTS):
+                log.info("creating schema version %d in %s", SCHEMA_VERSION, self._endpoint)
+                await connection.execute(SCHEMA)
+                await connection.execute(INSERT_IDENTITY, random.getrandbits(63))
+
+    async def _read_state(self) -> StoredState:
         async with self._connection() as connection:
-            async with connection.transaction():
-                await connection.execute(LOCK_SCHEMA)
-                if not await connection.fetchval(SCHEMA_EXISTS):
-                    log.info("creating schema version %d in %s", SCHEMA_VERSION, self._endpoint)
-                    await connection.execute(SCHEMA)
-                    await connection.execute(INSERT_IDENTITY, random.getrandbits(63))
             meta = dict(await connection.fetch(READ_META))
             if meta["schema_version"] > SCHEMA_VERSION:
                 raise PostgresSchemaError(
                     f"{self._endpoint} has schema version {meta['schema_version']}, newer than this "
                     f"kubefabric ({SCHEMA_VERSION}); upgrade kubefabric"
                 )
-            if await connection.fetchval("SHOW synchronous_commit") == "off":
+            if await connection.fetchval(READ_SYNCHRONOUS_COMMIT) == "off":
                 log.warning("%s has synchronous_commit=off: acknowledged writes may be lost", self._endpoint)
             return StoredState(
                 revision=meta["revision"],
                 compact_revision=meta["compact_revision"],
                 leases=dict(await connection.fetch(READ_LEASES)),
-                leased_keys=[tuple(row) for row in await connection.fetch(READ_LEASED_KEYS)],
+                leased_keys=[(row[0], row[1]) for row in await connection.fetch(READ_LEASED_KEYS)],
                 identity=meta["identity"],
             )
-
-    async def _create_database(self) -> None:
-        """Create the endpoint's database from the maintenance database; a concurrent creator is fine."""
-        log.info("creating database %s", self._endpoint)
-        connection = await asyncpg.connect(
-            self._dsn, database=MAINTENANCE_DATABASE, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT
-        )
-        try:
-            await connection.execute(CREATE_DATABASE.format(name=quote_identifier(self._database)))
-        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
-            pass  # another process created it first
-        finally:
-            await connection.close()
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -341,31 +373,18 @@ class PostgresStore:
     async def range(
         self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
-        if end is None:
-            keys, params = ONE_KEY, [start]
-        elif end:
-            keys, params = KEYS_BETWEEN, [start, end]
-        else:
-            keys, params = KEYS_FROM, [start]
         async with self._snapshot() as connection:
             head = await connection.fetchval(READ_REVISION)
-            if revision <= 0 or revision >= head:
-                versions = LIVE_VERSIONS
-            else:
-                versions = VERSIONS_AT.format(n=len(params) + 1)
-                params.append(revision)
-            count_query = COUNT_RANGE.format(versions=versions, keys=keys)
+            past = revision if 0 < revision < head else None
+            select, count, params = range_queries(start, end, past, limit, keys_only)
             if count_only:
-                return RangeRows([], await connection.fetchval(count_query, *params, timeout=BULK_READ_TIMEOUT), head)
-            query = SELECT_RANGE.format(fields=KV_KEYS_ONLY if keys_only else KV_FIELDS, versions=versions, keys=keys)
-            if limit > 0:
-                query += f" LIMIT {limit}"
-            rows = await connection.fetch(query, *params, timeout=BULK_READ_TIMEOUT)
+                return RangeRows([], await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT), head)
+            rows = await connection.fetch(select, *params, timeout=BULK_READ_TIMEOUT)
             if limit <= 0 or len(rows) < limit:
-                count = len(rows)
+                total = len(rows)
             else:
-                count = await connection.fetchval(count_query, *params, timeout=BULK_READ_TIMEOUT)
-        return RangeRows([KeyValue._make(row) for row in rows], count, head)
+                total = await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT)
+        return RangeRows([KeyValue._make(row) for row in rows], total, head)
 
     async def latest(self, key: bytes) -> KeyValue | None:
         async with self._connection() as connection:
@@ -383,6 +402,35 @@ class PostgresStore:
     async def size(self) -> int:
         async with self._connection() as connection:
             return int(await connection.fetchval(READ_SIZE))
+
+
+def range_queries(
+    start: bytes, end: bytes | None, past_revision: int | None, limit: int, keys_only: bool
+) -> tuple[str, str, list[object]]:
+    """(select, count, parameters) for the keys in [start, end) at the head, or at a past revision."""
+    params: list[object]
+    if end is None:
+        keys, params = ONE_KEY, [start]
+    elif end:
+        keys, params = KEYS_BETWEEN, [start, end]
+    else:
+        keys, params = KEYS_FROM, [start]
+    if past_revision is None:
+        versions = LIVE_VERSIONS
+    else:
+        versions = VERSIONS_AT.format(n=len(params) + 1)
+        params.append(past_revision)
+    select = SELECT_RANGE.format(fields=KV_KEYS_ONLY if keys_only else KV_FIELDS, versions=versions, keys=keys)
+    if limit > 0:
+        select += f" LIMIT {limit}"
+    return select, COUNT_RANGE.format(versions=versions, keys=keys), params
+
+
+def _is_closed(connection: asyncpg.Connection) -> bool:
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:
+        return True  # closed under us, so asyncpg has already taken it back into the pool
 
 
 def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

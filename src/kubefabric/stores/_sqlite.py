@@ -52,7 +52,7 @@ CREATE INDEX kv_live ON kv (superseded, key);
 CREATE INDEX kv_history ON kv (mod_revision, sub);
 CREATE TABLE lease (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', 0);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', -1);
 """
 
 KV_FIELDS = "key, create_revision, mod_revision, version, value, lease"

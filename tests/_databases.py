@@ -1,0 +1,146 @@
+"""Database servers on this machine for the store tests: started on demand, one fresh database per
+kubefabric server, every database handed out dropped when the session ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import uuid
+
+import asyncpg
+
+POSTGRES_HOST, POSTGRES_PORT = "127.0.0.1", 5432
+POSTGRES_ADMIN_DSN = f"postgres://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/postgres"
+POSTGRES_CLUSTERS = "/etc/postgresql"
+POSTGRES_START_TIMEOUT = 60.0
+
+_postgres_started = threading.Lock()  # servers start from several threads (tests._servers.WarmServers)
+_postgres_databases: list[str] = []
+
+
+def postgres_endpoint() -> str:
+    """An endpoint naming a database nobody used before; the store creates it on open."""
+    postgres_ensure_running()
+    name = f"kf_{uuid.uuid4().hex}"
+    _postgres_databases.append(name)
+    return f"postgres://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
+
+
+def postgres_accepts_connections() -> bool:
+    try:
+        socket.create_connection((POSTGRES_HOST, POSTGRES_PORT), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def postgres_ensure_running() -> None:
+    """Start the local cluster (Debian's postgresql package) unless it already serves."""
+    with _postgres_started:
+        if postgres_accepts_connections():
+            return
+        try:
+            version = sorted(os.listdir(POSTGRES_CLUSTERS))[-1]
+        except (FileNotFoundError, IndexError):
+            raise RuntimeError("the postgres store tests need PostgreSQL: apt-get install postgresql") from None
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + POSTGRES_START_TIMEOUT
+        while not postgres_accepts_connections():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL not accepting connections after {POSTGRES_START_TIMEOUT}s")
+            time.sleep(0.1)
+
+
+def postgres_drop_databases() -> None:
+    """Drop every database postgres_endpoint() handed out, even if a server still uses it."""
+    if not _postgres_databases:
+        return
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(POSTGRES_ADMIN_DSN)
+        try:
+            for name in _postgres_databases:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    asyncio.run(drop())
+    _postgres_databases.clear()
+
+
+MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
+MYSQL_DAEMON = "/usr/sbin/mariadbd"
+MYSQL_RUN_DIR = "/run/mysqld"  # the socket and pid file; gone after a reboot, and mariadbd does not make it
+MYSQL_START_TIMEOUT = 60.0
+
+_mysql_started = threading.Lock()
+_mysql_databases: list[str] = []
+
+
+def mysql_endpoint() -> str:
+    """An endpoint naming a database nobody used before; the store creates it on open."""
+    mysql_ensure_running()
+    name = f"kf_{uuid.uuid4().hex}"
+    _mysql_databases.append(name)
+    return f"mysql://root:@tcp({MYSQL_HOST}:{MYSQL_PORT})/{name}"
+
+
+def mysql_accepts_connections() -> bool:
+    try:
+        socket.create_connection((MYSQL_HOST, MYSQL_PORT), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
+def mysql_ensure_running() -> None:
+    """Start the local MariaDB (Debian's mariadb-server package) unless it already serves."""
+    with _mysql_started:
+        if mysql_accepts_connections():
+            return
+        if not os.path.exists(MYSQL_DAEMON):
+            raise RuntimeError("the mysql store tests need MariaDB: apt-get install mariadb-server")
+        if not os.path.isdir(MYSQL_RUN_DIR):
+            os.makedirs(MYSQL_RUN_DIR)
+            shutil.chown(MYSQL_RUN_DIR, "mysql", "mysql")
+        subprocess.run(
+            ["start-stop-daemon", "--start", "--oknodo", "--background", "--exec", MYSQL_DAEMON],
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + MYSQL_START_TIMEOUT
+        while not mysql_accepts_connections():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"MariaDB not accepting connections after {MYSQL_START_TIMEOUT}s")
+            time.sleep(0.1)
+
+
+def mysql_drop_databases() -> None:
+    """Drop every database mysql_endpoint() handed out."""
+    if not _mysql_databases:
+        return
+    import asyncmy  # optional, like the store that needs it
+
+    async def drop() -> None:
+        connection = await asyncmy.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="")
+        try:
+            async with connection.cursor() as cursor:
+                # A server that is somehow still mid-transaction must not make the session hang.
+                await cursor.execute("SET SESSION lock_wait_timeout = 10")
+                for name in _mysql_databases:
+                    await cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        finally:
+            await connection.ensure_closed()
+
+    asyncio.run(drop())
+    _mysql_databases.clear()
