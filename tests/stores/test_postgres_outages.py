@@ -52,7 +52,9 @@ class Proxy:
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         self._writers.add(client_writer)  # before any await, so that refuse() reaches it
         server_reader, server_writer = await asyncio.open_connection(POSTGRES_HOST, POSTGRES_PORT)
-        if client_writer not in self._writers:  # refused while connecting
+        if client_writer not in self._writers or not (self._server and self._server.is_serving()):
+            # refused while this connection was being set up
+            client_writer.transport.abort()
             server_writer.transport.abort()
             return
         self._writers.add(server_writer)

@@ -475,9 +475,11 @@ class _Txn:
                     raise LeaseNotFound()
         for op in chosen:
             if isinstance(op, RangeOp):
+                # etcd's checkRange: any revision other than 0 below the compaction point is
+                # compacted, negative ones included (a plain Range reads those at the head).
                 if op.revision > self.base_revision:
                     raise FutureRevision()
-                if 0 < op.revision < self.mvcc.compact_revision:
+                if op.revision != 0 and op.revision < self.mvcc.compact_revision:
                     raise Compacted()
         return await self._apply(txn, iter(path))
 

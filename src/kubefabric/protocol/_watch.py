@@ -56,6 +56,7 @@ class _Watch:
     progress_notify: bool
     task: asyncio.Task[None] | None = None
     sent_events: bool = field(default=False)
+    ended: bool = field(default=False)  # compacted away or failed; the id stays taken
 
 
 class _WatchStream:
@@ -154,7 +155,9 @@ class _WatchStream:
             await self.responses.put(
                 rpc_pb2.WatchResponse(header=self.headers(), watch_id=watch.id, canceled=True, cancel_reason=str(error))
             )
-        self._forget(watch)
+        # Like etcd, an ended watch keeps its id on the stream until the client cancels it.
+        watch.ended = True
+        self.hub.cancel(watch.watcher)
 
     async def _cancel(self, watch_id: int) -> None:
         watch = self.watches.get(watch_id)
@@ -175,7 +178,7 @@ class _WatchStream:
 
         async def when_synced() -> None:
             while True:
-                pending = [watch.watcher for watch in self.watches.values() if not watch.watcher.idle]
+                pending = [w.watcher for w in self.watches.values() if not w.ended and not w.watcher.idle]
                 if not pending:
                     break
                 await pending[0].wait_idle()
@@ -194,7 +197,7 @@ class _WatchStream:
             # Jitter, so that watchers created together do not all report at once.
             await asyncio.sleep(interval + random.uniform(0, interval / 10))
             for watch in list(self.watches.values()):
-                if watch.progress_notify and not watch.sent_events and watch.watcher.idle:
+                if watch.progress_notify and not watch.ended and not watch.sent_events and watch.watcher.idle:
                     await self.responses.put(rpc_pb2.WatchResponse(header=self.headers(), watch_id=watch.id))
                 watch.sent_events = False
 
