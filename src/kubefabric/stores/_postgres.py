@@ -45,7 +45,9 @@ CREATE TABLE kv (
     version bigint NOT NULL,
     lease bigint NOT NULL,
     value bytea NOT NULL,
-    PRIMARY KEY (key, mod_revision)
+    -- `superseded` rides along so that reads at a past revision (every page of a paginated list
+    -- after the first), counts included, are answered from this index alone.
+    PRIMARY KEY (key, mod_revision) INCLUDE (superseded)
 );
 CREATE INDEX kv_live ON kv (superseded, key);
 CREATE INDEX kv_history ON kv (mod_revision, sub);
@@ -428,7 +430,7 @@ def range_queries(
 
 def _is_closed(connection: asyncpg.Connection) -> bool:
     try:
-        return connection.is_closed()
+        return bool(connection.is_closed())
     except asyncpg.InterfaceError:
         return True  # closed under us, so asyncpg has already taken it back into the pool
 

@@ -72,6 +72,8 @@ ORDER BY e.mod_revision, e.sub
 LAST_REVISION_OF_PAGE = "SELECT mod_revision FROM kv WHERE mod_revision > ? AND mod_revision <= ? ORDER BY mod_revision, sub LIMIT 1 OFFSET ?"
 COMPACT_CHUNK = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE superseded <= ? LIMIT 2000)"
 
+CHECKPOINT_SECONDS = 1.0
+
 # Query options of the sqlite:// endpoint, as the Go drivers spell them; each must keep the
 # behaviour it names, so options that would change it are refused rather than ignored.
 KNOWN_OPTIONS = {"_journal", "_journal_mode", "cache", "_busy_timeout", "_txlock", "_synchronous", "_fk"}
@@ -114,6 +116,8 @@ class SqliteStore:
         # One thread owns the write connection, so writes are serial without any lock contention.
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader_threads = ThreadPoolExecutor(readers, thread_name_prefix="sqlite-reader")
+        self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
+        self._checkpointer: asyncio.Task[None] | None = None
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -128,6 +132,8 @@ class SqliteStore:
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         connection.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
         connection.execute(f"PRAGMA synchronous = {self._synchronous}")
+        # Checkpoints run on their own thread (see _checkpoint_forever), never inside a commit.
+        connection.execute("PRAGMA wal_autocheckpoint = 0")
         with self._connections_lock:
             self._connections.append(connection)
         return connection
@@ -151,7 +157,26 @@ class SqliteStore:
 
     async def open(self) -> StoredState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        return await self._on_writer(self._open)
+        state = await self._on_writer(self._open)
+        self._checkpointer = asyncio.create_task(self._checkpoint_forever(), name="sqlite-checkpoint")
+        return state
+
+    async def _checkpoint_forever(self) -> None:
+        """Copy the WAL into the database file in the background.
+
+        SQLite's automatic checkpoint would run inside whichever commit crosses the threshold and
+        stall it, and every write waiting behind it, for the length of a database-file fsync. A
+        passive checkpoint here waits for nobody and is waited for by nobody.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(CHECKPOINT_SECONDS)
+            try:
+                await loop.run_in_executor(
+                    self._checkpoint_thread, lambda: self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                )
+            except sqlite3.Error as error:
+                log.warning("checkpoint of %s failed, will retry: %s", self.path, error)
 
     def _open(self, db: sqlite3.Connection) -> StoredState:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -178,8 +203,11 @@ class SqliteStore:
         )
 
     async def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.cancel()
         self._writer_thread.shutdown(wait=True)
         self._reader_threads.shutdown(wait=True)
+        self._checkpoint_thread.shutdown(wait=True)
         with self._connections_lock:
             for connection in self._connections:
                 connection.close()
