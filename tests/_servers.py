@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,10 +22,21 @@ from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port nothing listens on, never the same one twice in this test run: servers are
+    started concurrently, and the kernel may offer a just-probed port again."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        with _handed_out_lock:
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
 
 
 def wait_until_serving(address: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
@@ -93,11 +105,28 @@ def etcd_binary() -> str:
     return path
 
 
+def _retrying_port_clashes(start: Callable[[], ServerProcess]) -> ServerProcess:
+    """Start, trying again on new ports if another process took one between probe and bind."""
+    for attempt in range(3):
+        try:
+            return start()
+        except RuntimeError as error:
+            if attempt == 2 or not any(
+                clash in str(error) for clash in ("address already in use", "cannot listen", "cannot serve metrics")
+            ):
+                raise
+    raise AssertionError("unreachable")
+
+
 def start_etcd(workdir: Path) -> ServerProcess:
     """A fresh single-member etcd with an empty data directory."""
+    return _retrying_port_clashes(lambda: _start_etcd(workdir))
+
+
+def _start_etcd(workdir: Path) -> ServerProcess:
     client_port, peer_port = free_port(), free_port()
     address = f"127.0.0.1:{client_port}"
-    data_dir = workdir / "etcd-data"
+    data_dir = workdir / f"etcd-data-{client_port}"  # a retry on new ports starts from scratch
     command = [
         etcd_binary(),
         "--name", "oracle",
@@ -119,9 +148,12 @@ def kubefabric_command(address: str, endpoint: str, *extra: str) -> list[str]:
 
 
 def start_kubefabric(workdir: Path, endpoint: str, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
-    address = f"127.0.0.1:{free_port()}"
-    command = kubefabric_command(address, endpoint, "--metrics-address", f"127.0.0.1:{free_port()}", *extra)
-    return ServerProcess(command, address, workdir / "kubefabric.log", env or {}).start()
+    def start() -> ServerProcess:
+        address = f"127.0.0.1:{free_port()}"
+        command = kubefabric_command(address, endpoint, "--metrics-address", f"127.0.0.1:{free_port()}", *extra)
+        return ServerProcess(command, address, workdir / "kubefabric.log", env or {}).start()
+
+    return _retrying_port_clashes(start)
 
 
 class WarmServers:

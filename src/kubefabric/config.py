@@ -74,7 +74,9 @@ class Option:
 
 OPTIONS = [
     Option("--listen-address", "KUBEFABRIC_LISTEN_ADDRESS", "address the etcd v3 gRPC API listens on"),
-    Option("--endpoint", "KUBEFABRIC_ENDPOINT", "database to keep the data in (sqlite://PATH)"),
+    Option(
+        "--endpoint", "KUBEFABRIC_ENDPOINT", "database to keep the data in: sqlite://PATH, postgres://..., mysql://..."
+    ),
     Option(
         "--metrics-address",
         "KUBEFABRIC_METRICS_ADDRESS",

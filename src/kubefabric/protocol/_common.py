@@ -38,22 +38,22 @@ class Headers:
     """Response headers carrying this server's identity."""
 
     def __init__(self, core: Core) -> None:
-        self.core = core
+        self.mvcc = core.mvcc
 
-    @property
+    @functools.cached_property
     def cluster_id(self) -> int:
-        return self.core.mvcc.identity
+        return self.mvcc.identity
 
-    @property
+    @functools.cached_property
     def member_id(self) -> int:
         # Distinct from the cluster id, stable for the life of the database.
-        return (self.core.mvcc.identity * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+        return (self.mvcc.identity * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
 
     def __call__(self, revision: int | None = None) -> rpc_pb2.ResponseHeader:
         return rpc_pb2.ResponseHeader(
             cluster_id=self.cluster_id,
             member_id=self.member_id,
-            revision=self.core.mvcc.durable_revision if revision is None else revision,
+            revision=self.mvcc.durable_revision if revision is None else revision,
             raft_term=RAFT_TERM,
         )
 
@@ -64,6 +64,8 @@ Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
 def unary(method: Handler[R]) -> Handler[R]:
     """Map core errors to etcd's gRPC statuses, log the unexpected, and count every call."""
     name = method.__name__
+    succeeded = REQUESTS.labels(name, "OK")  # resolved once: the common case costs no label lookup
+    latency = REQUEST_SECONDS.labels(name)
 
     @functools.wraps(method)
     async def handle(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
@@ -87,8 +89,8 @@ def unary(method: Handler[R]) -> Handler[R]:
             log.exception("%s failed", name)
             await context.abort(grpc.StatusCode.INTERNAL, f"kubefabric: {name} failed: {error}")
         finally:
-            REQUESTS.labels(name, code).inc()
-            REQUEST_SECONDS.labels(name).observe(time.perf_counter() - started)
+            (succeeded if code == "OK" else REQUESTS.labels(name, code)).inc()
+            latency.observe(time.perf_counter() - started)
         raise AssertionError("unreachable: abort raises")
 
     return handle
