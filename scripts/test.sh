@@ -14,4 +14,5 @@ python -m pip install -q --disable-pip-version-check -e '.[test,postgres,mysql]'
 ruff check src tests bench scripts
 ruff format --check src tests bench scripts
 lint-imports
+mypy
 python -m pytest "$@"

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import signal
 
+import grpc
+from grpc_health.v1 import health
 from prometheus_client import start_http_server
 
 from kubefabric import __version__
@@ -78,7 +80,7 @@ async def _open_core(settings: Settings) -> Core:
     return core
 
 
-async def _start_server(core: Core, settings: Settings) -> tuple[object, object]:
+async def _start_server(core: Core, settings: Settings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     if settings.metrics_address:
         host, port = _split_host_port(settings.metrics_address)
         try:

@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings(**{name: value for name, value in given.items() if value is not None})
     except ValidationError as error:
         for problem in error.errors():
+            if not problem["loc"]:  # a rule across several settings names its flags itself
+                print(f"kubefabric: {problem['msg']}", file=sys.stderr)
+                continue
             name = str(problem["loc"][0])
             option = next(option for option in OPTIONS if option.field == name)
             print(f"kubefabric: {option.flag} / {option.env}: {problem['msg']}", file=sys.stderr)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -37,6 +38,9 @@ class Settings(BaseModel):
     compaction_interval: float = 300.0
     compaction_retention: int = 1000
     watch_progress_notify_interval: float = 5.0
+    cert_file: str = ""
+    key_file: str = ""
+    trusted_ca_file: str = ""
 
     @field_validator("listen_address", "metrics_address")
     @classmethod
@@ -59,6 +63,25 @@ class Settings(BaseModel):
         if value < 0:
             raise ValueError("must be 0 or more")
         return value
+
+    @field_validator("cert_file", "key_file", "trusted_ca_file")
+    @classmethod
+    def _readable_file(cls, value: str) -> str:
+        if value and not (os.path.isfile(value) and os.access(value, os.R_OK)):
+            raise ValueError(f"{value!r} is not a readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_fit_together(self) -> Settings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--cert-file and --key-file must be given together")
+        if self.trusted_ca_file and not self.cert_file:
+            raise ValueError("--trusted-ca-file needs --cert-file and --key-file: client certificates exist only in TLS")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.cert_file)
 
 
 @dataclass(frozen=True)
@@ -93,5 +116,12 @@ OPTIONS = [
         "--watch-progress-notify-interval",
         "KUBEFABRIC_WATCH_PROGRESS_NOTIFY_INTERVAL",
         "how often watchers that asked for progress notifications get one",
+    ),
+    Option("--cert-file", "KUBEFABRIC_CERT_FILE", "server certificate (PEM): serve the etcd API over TLS"),
+    Option("--key-file", "KUBEFABRIC_KEY_FILE", "private key (PEM) of --cert-file"),
+    Option(
+        "--trusted-ca-file",
+        "KUBEFABRIC_TRUSTED_CA_FILE",
+        "CA certificates (PEM) for client certificates; when set, clients must present one signed by them",
     ),
 ]

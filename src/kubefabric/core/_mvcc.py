@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Container, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from kubefabric.core._errors import Compacted, FutureRevision, KeyNotFound, LeaseNotFound
 from kubefabric.core._metrics import COMMIT_FAILURES, COMMIT_GROUP_SIZE, COMMIT_SECONDS
@@ -49,7 +49,7 @@ T = TypeVar("T")
 # The not-yet-durable state of a key deleted by a pending write.
 _DELETED = KeyValue(b"", 0, 0, 0, b"", 0)
 
-_SORT_KEYS: dict[SortTarget, Callable[[KeyValue], object]] = {
+_SORT_KEYS: dict[SortTarget, Callable[[KeyValue], Any]] = {
     SortTarget.KEY: lambda kv: kv.key,
     SortTarget.VERSION: lambda kv: kv.version,
     SortTarget.CREATE: lambda kv: kv.create_revision,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from kubefabric.core import (
     Change,
     Compare,
@@ -118,11 +120,12 @@ class EmptyRequestOp(Exception):
 
 
 def txn_op(request: rpc_pb2.TxnRequest) -> TxnOp:
-    def ops(requests: list[rpc_pb2.RequestOp]) -> list[Op]:
+    def ops(requests: Iterable[rpc_pb2.RequestOp]) -> list[Op]:
         converted = [_request_op(op) for op in requests]
-        if any(op is None for op in converted):
+        present = [op for op in converted if op is not None]
+        if len(present) != len(converted):
             raise EmptyRequestOp()
-        return converted  # type: ignore[return-value]
+        return present
 
     return TxnOp([_compare(c) for c in request.compare], ops(request.success), ops(request.failure))
 

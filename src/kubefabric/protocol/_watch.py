@@ -41,6 +41,7 @@ class WatchService:
                 response = await stream.responses.get()
                 if isinstance(response, MalformedRequest):
                     await context.abort(grpc.StatusCode.INTERNAL, response.status)
+                    return
                 yield response
         finally:
             receiving.cancel()

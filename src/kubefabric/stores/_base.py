@@ -48,7 +48,8 @@ class WriteBatch:
     compact_revision: int | None = None
 
 
-class RangeRows(NamedTuple):
+@dataclass(slots=True)
+class RangeRows:
     kvs: list[KeyValue]
     count: int
     revision: int  # the store's revision in the snapshot the rows were read from

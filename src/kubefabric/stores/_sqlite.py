@@ -262,6 +262,7 @@ class SqliteStore:
         db.execute("BEGIN")
         try:
             head = db.execute(READ_REVISION).fetchone()[0]
+            params: list[object]
             if revision <= 0 or revision >= head:
                 table, where, params = "kv", "superseded = ?", [LIVE]
             else:
