@@ -46,8 +46,6 @@ from kubefabric.stores import Change, KeyValue, RangeRows, Store, StoredState, W
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# The not-yet-durable state of a key deleted by a pending write.
-_DELETED = KeyValue(b"", 0, 0, 0, b"", 0)
 
 _SORT_KEYS: dict[SortTarget, Callable[[KeyValue], Any]] = {
     SortTarget.KEY: lambda kv: kv.key,
@@ -84,7 +82,8 @@ class Mvcc:
         self.identity = 0
         self.known_leases: Container[int] = ()  # the lessor's granted leases; puts may name only these
         self._write_lock = asyncio.Lock()
-        self._pending: dict[bytes, KeyValue] = {}
+        # key -> (revision, latest state or None if deleted) of writes not yet durable
+        self._pending: dict[bytes, tuple[int, KeyValue | None]] = {}
         self._queue: list[Commit] = []
         self._queued = asyncio.Event()
         self._idle = asyncio.Event()
@@ -175,7 +174,7 @@ class Mvcc:
                 if txn.changes:
                     self.revision = txn.write_revision
                 for change in txn.changes:
-                    self._pending[change.kv.key] = _DELETED if change.is_delete else change.kv
+                    self._pending[change.kv.key] = (self.revision, None if change.is_delete else change.kv)
                 commit = Commit(self.revision if txn.changes else None, txn.changes)
                 commit.revoked_leases.extend(revoked_leases)
                 done = self._enqueue(commit)
@@ -233,7 +232,7 @@ class Mvcc:
 
     def _durable(self, revision: int) -> asyncio.Future[None]:
         """A future that completes once `revision` is durable (or fails with the commit)."""
-        if revision <= self.durable_revision and not self._queue:
+        if revision <= self.durable_revision:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             future.set_result(None)
             return future
@@ -269,7 +268,8 @@ class Mvcc:
         self.durable_revision = revision
         for commit in commits:
             for change in commit.changes:
-                if self._pending.get(change.kv.key) in (change.kv, _DELETED):
+                # Only if no later write to the key is still pending.
+                if self._pending.get(change.kv.key, (0, None))[0] == commit.revision:
                     del self._pending[change.kv.key]
             for listener in self._listeners:
                 listener(commit)
@@ -332,10 +332,10 @@ class _PendingReader:
         self.mvcc = mvcc
 
     async def get(self, key: bytes) -> KeyValue | None:
-        kv = self.mvcc._pending.get(key)
-        if kv is None:
+        pending = self.mvcc._pending.get(key)
+        if pending is None:
             return await self.mvcc.store.latest(key)
-        return None if kv is _DELETED else kv
+        return pending[1]
 
     async def range(
         self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
