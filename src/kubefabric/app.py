@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health
@@ -34,12 +36,13 @@ async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; the exit status."""
     log.info("kubefabric %s (etcd API %s) starting", __version__, ETCD_VERSION)
     try:
+        credentials = _tls_credentials(settings) if settings.tls else None
         core = await _open_core(settings)
     except StartupError as error:
         log.error("%s", error)
         return 1
     try:
-        server, health = await _start_server(core, settings)
+        server, health = await _start_server(core, settings, credentials)
     except StartupError as error:
         log.error("%s", error)
         await core.stop()
@@ -80,7 +83,43 @@ async def _open_core(settings: Settings) -> Core:
     return core
 
 
-async def _start_server(core: Core, settings: Settings) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+def _read(flag: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise StartupError(f"{flag} {path}: {error.strerror}") from None
+
+
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
+    """The listener's TLS credentials; client certificates are required when a trusted CA is given."""
+    certificate = _read("--cert-file", settings.cert_file)
+    key = _read("--key-file", settings.key_file)
+    trusted_ca = _read("--trusted-ca-file", settings.trusted_ca_file) if settings.trusted_ca_file else None
+    # gRPC reports unusable PEM only as "failed to bind"; OpenSSL says what is wrong, so check here.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # gRPC cannot use an encrypted key; an empty password refuses one instead of prompting for it.
+        context.load_cert_chain(settings.cert_file, settings.key_file, password=b"")
+    except ssl.SSLError as error:
+        raise StartupError(
+            f"--cert-file {settings.cert_file} / --key-file {settings.key_file}: "
+            f"not a PEM certificate and its unencrypted private key ({error})"
+        ) from None
+    if trusted_ca is not None:
+        try:
+            context.load_verify_locations(settings.trusted_ca_file)
+        except ssl.SSLError as error:
+            raise StartupError(
+                f"--trusted-ca-file {settings.trusted_ca_file}: not PEM certificates ({error})"
+            ) from None
+    return grpc.ssl_server_credentials(
+        [(key, certificate)], root_certificates=trusted_ca, require_client_auth=trusted_ca is not None
+    )
+
+
+async def _start_server(
+    core: Core, settings: Settings, credentials: grpc.ServerCredentials | None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     if settings.metrics_address:
         host, port = _split_host_port(settings.metrics_address)
         try:
@@ -89,14 +128,19 @@ async def _start_server(core: Core, settings: Settings) -> tuple[grpc.aio.Server
             raise StartupError(f"cannot serve metrics on {settings.metrics_address}: {error.strerror}") from None
         log.info("metrics on http://%s/metrics", settings.metrics_address)
 
-    server, health = build_server(core, f"http://{settings.listen_address}", settings.watch_progress_notify_interval)
+    client_url = f"{'http' if credentials is None else 'https'}://{settings.listen_address}"
+    server, health = build_server(core, client_url, settings.watch_progress_notify_interval)
     try:
-        server.add_insecure_port(settings.listen_address)
+        if credentials is None:
+            server.add_insecure_port(settings.listen_address)
+        else:
+            server.add_secure_port(settings.listen_address, credentials)
     except RuntimeError:
         raise StartupError(
             f"cannot listen on {settings.listen_address}: the address is in use or not available on this host"
         ) from None
     await server.start()
     await health.set("", health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving the etcd v3 API on %s", settings.listen_address)
+    client_auth = " (client certificates required)" if settings.trusted_ca_file else ""
+    log.info("serving the etcd v3 API on %s%s", client_url, client_auth)
     return server, health

@@ -76,7 +76,9 @@ class Settings(BaseModel):
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("--cert-file and --key-file must be given together")
         if self.trusted_ca_file and not self.cert_file:
-            raise ValueError("--trusted-ca-file needs --cert-file and --key-file: client certificates exist only in TLS")
+            raise ValueError(
+                "--trusted-ca-file needs --cert-file and --key-file: client certificates are checked only over TLS"
+            )
         return self
 
     @property
