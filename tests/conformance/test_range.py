@@ -183,3 +183,13 @@ def test_sort_by_every_target_and_order(client: Etcd) -> None:
     top = client.get(b"\0", b"\0", sort_target=RangeRequest.KEY, sort_order=RangeRequest.DESCEND, limit=2)
     assert (keys_of(top), top.more, top.count) == ([b"c", b"b"], True, 3)
     assert sorted_keys(RangeRequest.MOD, RangeRequest.DESCEND, limit=1) == [b"a"]
+
+
+def test_keys_only_results_are_still_sorted_by_their_values(client: Etcd) -> None:
+    client.put(b"/v/a", b"z")
+    client.put(b"/v/ab", b"a")
+    response = client.get_prefix(
+        b"/v/", keys_only=True, sort_target=rpc_pb2.RangeRequest.VALUE, sort_order=rpc_pb2.RangeRequest.ASCEND
+    )
+    assert keys_of(response) == [b"/v/ab", b"/v/a"]
+    assert [kv.value for kv in response.kvs] == [b"", b""]

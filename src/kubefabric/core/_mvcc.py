@@ -250,12 +250,15 @@ class Mvcc:
     async def _commit(self, commits: list[Commit]) -> None:
         revision = max((c.revision for c in commits if c.revision is not None), default=self.durable_revision)
         batch = WriteBatch(revision)
+        leases: dict[int, int | None] = {}  # the last word on each lease id: its ttl, or None if revoked
         for commit in commits:
             batch.changes.extend(commit.changes)
-            batch.granted_leases.extend(commit.granted_leases)
-            batch.revoked_leases.extend(commit.revoked_leases)
+            leases.update(commit.granted_leases)
+            leases.update((lease_id, None) for lease_id in commit.revoked_leases)
             if commit.compact_revision is not None:
                 batch.compact_revision = commit.compact_revision
+        batch.granted_leases = [(lease_id, ttl) for lease_id, ttl in leases.items() if ttl is not None]
+        batch.revoked_leases = [lease_id for lease_id, ttl in leases.items() if ttl is None]
         started = time.perf_counter()
         try:
             if batch.changes or batch.granted_leases or batch.revoked_leases or batch.compact_revision:
@@ -369,7 +372,9 @@ async def _execute_range(
     has_filters = bool(op.min_mod_revision or op.max_mod_revision or op.min_create_revision or op.max_create_revision)
     touched = [key for key in local or () if in_range(key, op.key, op.end)] if op.revision == 0 else []
     fetch_limit = op.limit + 1 if op.limit > 0 and default_order and not has_filters and not touched else 0
-    rows = await reader.range(op.key, op.end, op.revision, fetch_limit, op.keys_only, op.count_only and not touched)
+    # Sorting by value needs the values even when the answer leaves them out.
+    fetch_values = not op.keys_only or op.sort_target == SortTarget.VALUE
+    rows = await reader.range(op.key, op.end, op.revision, fetch_limit, not fetch_values, op.count_only and not touched)
     kvs, count = rows.kvs, rows.count
     if touched:
         assert local is not None
@@ -379,7 +384,7 @@ async def _execute_range(
             if kv is None:
                 merged.pop(key, None)
             else:
-                merged[key] = kv._replace(value=b"") if op.keys_only else kv
+                merged[key] = kv
         kvs = [] if op.count_only else [merged[key] for key in sorted(merged)]
         count = len(merged)
     if op.max_mod_revision:
@@ -401,6 +406,8 @@ async def _execute_range(
     more = op.limit > 0 and len(kvs) > op.limit
     if more:
         kvs = kvs[: op.limit]
+    if op.keys_only and (fetch_values or touched):
+        kvs = [kv._replace(value=b"") for kv in kvs]
     return RangeResult(rows.revision if header_revision is None else header_revision, kvs, count, more)
 
 

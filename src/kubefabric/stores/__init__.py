@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from kubefabric.stores._base import (
     LIVE,
     Change,
@@ -63,9 +65,10 @@ def _open_mysql(endpoint: str) -> Store:
 def redact(endpoint: str) -> str:
     """The endpoint with any password replaced, for logs and messages."""
     scheme, sep, rest = endpoint.partition("://")
+    rest = re.sub(r"([?&]password=)[^&]*", r"\1***", rest)
     credentials, at, host = rest.rpartition("@")
     if not at or ":" not in credentials:
-        return endpoint
+        return f"{scheme}{sep}{rest}"
     user = credentials.split(":", 1)[0]
     return f"{scheme}{sep}{user}:***@{host}"
 

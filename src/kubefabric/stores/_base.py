@@ -43,6 +43,8 @@ class WriteBatch:
 
     revision: int  # the store's revision once this batch is durable
     changes: list[Change] = field(default_factory=list)
+    # No lease id is in both lists. A granted id may already be stored (revoked and granted again
+    # within the batch), so stores write grants as upserts.
     granted_leases: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl seconds)
     revoked_leases: list[int] = field(default_factory=list)
     compact_revision: int | None = None

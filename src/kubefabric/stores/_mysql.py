@@ -126,7 +126,7 @@ SET kv.superseded = superseding.superseded
 SUPERSEDING_FIRST_ROW = "SELECT %s AS superseded, %s AS `key`, %s AS mod_revision"
 SUPERSEDING_ROW = " UNION ALL SELECT %s, %s, %s"
 SUPERSEDE_CHUNK_ROWS = 500
-INSERT_LEASE = "INSERT INTO lease (id, ttl) VALUES (%s, %s)"
+INSERT_LEASE = "INSERT INTO lease (id, ttl) VALUES (%s, %s) ON DUPLICATE KEY UPDATE ttl = VALUES(ttl)"
 DELETE_LEASES = "DELETE FROM lease WHERE id IN ({ids})"
 SET_META = "UPDATE meta SET value = %s WHERE name = %s"
 

@@ -66,8 +66,8 @@ READ_SYNCHRONOUS_COMMIT = "SHOW synchronous_commit"
 READ_SIZE = "SELECT pg_total_relation_size('kv') + pg_total_relation_size('lease') + pg_total_relation_size('meta')"
 
 # One statement per batch. The CTEs all see the snapshot from before the statement, which is safe
-# because split_batch only supersedes rows that existed before the batch. Leases granted and
-# revoked in the same batch end up revoked, as if the grants ran first.
+# because split_batch only supersedes rows that existed before the batch, and no lease id is both
+# granted and revoked in one batch (grants are upserts: see WriteBatch).
 WRITE_BATCH = f"""
 WITH superseded AS (
     UPDATE kv SET superseded = u.superseded
@@ -78,7 +78,8 @@ WITH superseded AS (
     SELECT * FROM unnest($4::bytea[], $5::bigint[], $6::integer[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bytea[])
 ), granted AS (
     INSERT INTO lease (id, ttl)
-    SELECT * FROM unnest($12::bigint[], $13::bigint[]) AS g (id, ttl) WHERE g.id <> ALL($14::bigint[])
+    SELECT * FROM unnest($12::bigint[], $13::bigint[]) AS g (id, ttl)
+    ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl
 ), revoked AS (
     DELETE FROM lease WHERE id = ANY($14::bigint[])
 )

@@ -227,7 +227,7 @@ class SqliteStore:
         try:
             db.executemany(SUPERSEDE, updates)
             db.executemany(INSERT_ROW, inserts)
-            db.executemany("INSERT INTO lease (id, ttl) VALUES (?, ?)", batch.granted_leases)
+            db.executemany("INSERT OR REPLACE INTO lease (id, ttl) VALUES (?, ?)", batch.granted_leases)
             db.executemany("DELETE FROM lease WHERE id = ?", [(lease,) for lease in batch.revoked_leases])
             db.execute(SET_META, (batch.revision, "revision"))
             if batch.compact_revision is not None:
