@@ -23,7 +23,7 @@ from typing import Any
 
 from bench import load
 from bench.report import CpuUse, Measured, TargetRun, WorkloadRows, render
-from bench.targets import REFERENCE, TARGETS, start_target
+from bench.targets import REFERENCE, TARGETS, clean_up, start_target
 from tests._servers import ServerProcess
 
 # One process per core: a single grpc.aio event loop tops out near one core (~200 µs of CPU per txn),
@@ -297,7 +297,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         bench = Bench(pool, settings)
         selected = [workload for workload in WORKLOADS if workload.name in args.workloads]
-        runs = {target: run_target(bench, target, workdir / target, selected) for target in args.targets}
+        try:
+            runs = {target: run_target(bench, target, workdir / target, selected) for target in args.targets}
+        finally:
+            clean_up()
     report = render([WorkloadRows(workload.name, workload.rows) for workload in selected], runs, notes(settings))
     print(report)
     if args.markdown:

@@ -5,14 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from tests._databases import mysql_drop_databases, mysql_endpoint, postgres_drop_databases, postgres_endpoint
 from tests._servers import ServerProcess, start_etcd, start_kubefabric
 
 REFERENCE = "etcd"
 
 # kubefabric targets by store name: each maps a fresh work directory to the server's --endpoint.
-# A new store is one more line here, e.g. "postgres": lambda workdir: "postgres://127.0.0.1/bench".
+# Database servers are the local ones; each run gets fresh databases, dropped by `clean_up`.
 KUBEFABRIC_ENDPOINTS: dict[str, Callable[[Path], str]] = {
     "sqlite": lambda workdir: f"sqlite://{workdir}/state.db",
+    "postgres": lambda workdir: postgres_endpoint(),
+    "mysql": lambda workdir: mysql_endpoint(),
 }
 
 TARGETS = [REFERENCE, *KUBEFABRIC_ENDPOINTS]
@@ -24,3 +27,9 @@ def start_target(target: str, workdir: Path) -> ServerProcess:
     if target == REFERENCE:
         return start_etcd(workdir)
     return start_kubefabric(workdir, KUBEFABRIC_ENDPOINTS[target](workdir))
+
+
+def clean_up() -> None:
+    """Drop the databases the run created."""
+    postgres_drop_databases()
+    mysql_drop_databases()

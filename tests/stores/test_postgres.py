@@ -76,8 +76,12 @@ async def test_what_is_written_survives_a_restart(endpoint: str, store: Postgres
     assert state.leased_keys == [(7, b"a")]
 
 
-async def test_a_lease_granted_and_revoked_in_one_batch_is_gone(endpoint: str, store: PostgresStore) -> None:
-    await store.write(WriteBatch(1, [], granted_leases=[(5, 60)], revoked_leases=[5]))
+async def test_a_lease_granted_again_replaces_the_stored_one(endpoint: str, store: PostgresStore) -> None:
+    # A revoke and a new grant of the same id in one batch reach the store as just the grant.
+    await store.write(WriteBatch(1, [], granted_leases=[(5, 60)]))
+    await store.write(WriteBatch(1, [], granted_leases=[(5, 120)]))
+    assert (await reopened(endpoint)).leases == {5: 120}
+    await store.write(WriteBatch(1, [], revoked_leases=[5]))
     assert (await reopened(endpoint)).leases == {}
 
 

@@ -145,6 +145,12 @@ class SqliteStore:
             connection = self._local.connection = self._open_connection()
         return connection
 
+    def _loop_db(self) -> sqlite3.Connection:
+        """The event loop thread's own connection, for point reads."""
+        if self._loop_connection is None:
+            self._loop_connection = self._open_connection()
+        return self._loop_connection
+
     async def _on_writer(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._writer_thread, lambda: work(self._connection()))
@@ -247,6 +253,8 @@ class SqliteStore:
     async def range(
         self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
+        if end is None:  # one key: microseconds, so no thread hop (see `latest`)
+            return self._range(self._loop_db(), start, end, revision, limit, keys_only, count_only)
         return await self._on_reader(lambda db: self._range(db, start, end, revision, limit, keys_only, count_only))
 
     def _range(
@@ -299,9 +307,7 @@ class SqliteStore:
     async def latest(self, key: bytes) -> KeyValue | None:
         # A point read from a WAL snapshot takes microseconds and never waits for the writer, so it
         # runs on the event loop's own connection: a hop to a reader thread would cost ten times more.
-        if self._loop_connection is None:
-            self._loop_connection = self._open_connection()
-        row = self._loop_connection.execute(READ_LATEST, (LIVE, key)).fetchone()
+        row = self._loop_db().execute(READ_LATEST, (LIVE, key)).fetchone()
         return None if row is None else KeyValue._make(row)
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
