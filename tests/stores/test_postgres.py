@@ -5,6 +5,7 @@ grammar, what survives a restart, chunked compaction, and the snapshot a range r
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -126,3 +127,14 @@ def test_endpoint_grammar() -> None:
 
 def test_the_default_database_is_kubernetes() -> None:
     assert parse_endpoint("postgres://db.example")[1] == "kubernetes"
+
+
+async def test_a_table_that_grows_fast_is_analyzed_without_waiting_for_autovacuum(
+    endpoint: str, store: PostgresStore
+) -> None:
+    rows = 6000  # past the store's threshold
+    await store.write(WriteBatch(rows + 1, [put(b"grow/%05d" % i, i + 2) for i in range(rows)]))
+    deadline = time.monotonic() + 10
+    while await sql(endpoint, "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'kv'") is None:
+        assert time.monotonic() < deadline, "kv was not analyzed after a large batch"
+        await asyncio.sleep(0.1)
