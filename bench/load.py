@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import grpc
 
 from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from tests._client import prefix_end
 
 KEY_PREFIX = b"/registry/bench/"
 VALUE = b"v" * 1024
@@ -74,16 +75,6 @@ def run_job(job: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
 
 def object_key(namespace: int, index: int) -> bytes:
     return b"%sns-%d/obj-%d" % (KEY_PREFIX, namespace, index)
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The range_end selecting every key that starts with prefix (etcd's GetPrefixRangeEnd)."""
-    end = bytearray(prefix)
-    for i in reversed(range(len(end))):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\0"
 
 
 def open_channel(address: str) -> grpc.aio.Channel:

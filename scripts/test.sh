@@ -9,7 +9,7 @@ if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server etcd-client >/dev/null
 fi
-python -m pip install -q --disable-pip-version-check -e '.[test,postgres,mysql]'
+python -m pip install -q --disable-pip-version-check -e '.[test]'
 
 ruff check src tests bench scripts
 ruff format --check src tests bench scripts

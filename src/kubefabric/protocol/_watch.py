@@ -89,28 +89,12 @@ class _WatchStream:
             log.debug("watch stream closed: %s", error)
 
     async def _create(self, request: rpc_pb2.WatchCreateRequest) -> None:
-        if request.start_revision < 0:
-            await self.responses.put(
-                rpc_pb2.WatchResponse(
-                    header=self.headers(),
-                    watch_id=BROADCAST_ID,
-                    created=True,
-                    canceled=True,
-                    cancel_reason=COMPACTED_START,
-                )
-            )
-            return
         watch_id = request.watch_id
+        if request.start_revision < 0:
+            await self._refuse(COMPACTED_START)
+            return
         if watch_id != 0 and watch_id in self.watches:
-            await self.responses.put(
-                rpc_pb2.WatchResponse(
-                    header=self.headers(),
-                    watch_id=BROADCAST_ID,
-                    created=True,
-                    canceled=True,
-                    cancel_reason=DUPLICATE_WATCH_ID,
-                )
-            )
+            await self._refuse(DUPLICATE_WATCH_ID)
             return
         if watch_id == 0:  # 0 asks the server to choose: as etcd, count up and never reuse an id
             while self._next_id in self.watches:
@@ -130,6 +114,13 @@ class _WatchStream:
         # The created response goes out before any event of this watcher.
         await self.responses.put(rpc_pb2.WatchResponse(header=self.headers(), watch_id=watch_id, created=True))
         watch.task = asyncio.create_task(self._pump(watch), name=f"watch-{watch_id}")
+
+    async def _refuse(self, reason: str) -> None:
+        """etcd's answer to a create it will not serve: created and canceled at once, without an id."""
+        response = rpc_pb2.WatchResponse(
+            header=self.headers(), watch_id=BROADCAST_ID, created=True, canceled=True, cancel_reason=reason
+        )
+        await self.responses.put(response)
 
     async def _pump(self, watch: _Watch) -> None:
         async def deliver(batch: WatchBatch) -> None:

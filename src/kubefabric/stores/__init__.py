@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from kubefabric.stores._base import (
     LIVE,
@@ -24,40 +25,20 @@ class EndpointError(ValueError):
 def open_store(endpoint: str) -> Store:
     """The store an endpoint URL names."""
     scheme = endpoint.partition("://")[0]
+    store_class: Callable[[str], Store]
+    # The network stores' drivers are imported only when used: they slow start-up down.
     if scheme == "sqlite":
-        try:
-            return SqliteStore(endpoint)
-        except ValueError as error:
-            raise EndpointError(str(error)) from None
-    if scheme in ("postgres", "postgresql"):
-        return _open_postgres(endpoint)
-    if scheme == "mysql":
-        return _open_mysql(endpoint)
-    raise EndpointError(
-        f"unsupported endpoint scheme {scheme!r} in {redact(endpoint)!r}; supported: sqlite://, postgres://, mysql://"
-    )
-
-
-def _open_postgres(endpoint: str) -> Store:
+        store_class = SqliteStore
+    elif scheme in ("postgres", "postgresql"):
+        from kubefabric.stores._postgres import PostgresStore as store_class
+    elif scheme == "mysql":
+        from kubefabric.stores._mysql import MysqlStore as store_class
+    else:
+        raise EndpointError(
+            f"unsupported endpoint scheme {scheme!r} in {redact(endpoint)!r}; supported: sqlite://, postgres://, mysql://"
+        )
     try:
-        # asyncpg is an optional dependency, so the module is imported only when it is needed.
-        from kubefabric.stores._postgres import PostgresStore
-    except ImportError:
-        raise EndpointError("postgres:// endpoints need asyncpg: pip install 'kubefabric[postgres]'") from None
-    try:
-        return PostgresStore(endpoint)
-    except ValueError as error:
-        raise EndpointError(str(error)) from None
-
-
-def _open_mysql(endpoint: str) -> Store:
-    try:
-        # asyncmy is an optional dependency, so the module is imported only when it is needed.
-        from kubefabric.stores._mysql import MysqlStore
-    except ImportError:
-        raise EndpointError("mysql:// endpoints need asyncmy: pip install 'kubefabric[mysql]'") from None
-    try:
-        return MysqlStore(endpoint)
+        return store_class(endpoint)
     except ValueError as error:
         raise EndpointError(str(error)) from None
 
