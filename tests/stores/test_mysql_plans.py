@@ -24,7 +24,9 @@ from kubefabric.stores._mysql import (
     range_rows,
     select_range,
 )
+from tests._client import prefix_end
 from tests._databases import mysql_endpoint
+from tests.stores._keyspace import key, prefix
 
 # Key prefixes like Kubernetes resource types: one big (pods), a few small.
 OBJECTS = {0: 10_000, **dict.fromkeys(range(1, 6), 1000)}
@@ -32,18 +34,6 @@ BIG, SMALL = 0, 3
 VALUE = b"v" * 256
 LIMIT = 501  # kube-apiserver's page of 500, plus one to tell whether there is more
 BATCH = 1000
-
-
-def prefix(resource: int) -> bytes:
-    return b"/registry/resource%02d/" % resource
-
-
-def key(resource: int, name: int) -> bytes:
-    return prefix(resource) + b"object%05d" % name
-
-
-def prefix_end(key_prefix: bytes) -> bytes:
-    return key_prefix[:-1] + bytes([key_prefix[-1] + 1])
 
 
 async def load(store: MysqlStore) -> tuple[int, int]:

@@ -31,7 +31,9 @@ from kubefabric.stores._postgres import (
     PostgresStore,
     range_queries,
 )
+from tests._client import prefix_end
 from tests._databases import postgres_endpoint
+from tests.stores._keyspace import key, prefix
 
 # Key prefixes like Kubernetes resource types: one big (pods), many small. A page of a small prefix
 # may be read whole and sorted (the planner finds that cheaper); a page of the big one must stop
@@ -40,18 +42,6 @@ OBJECTS = {0: 10_000, **dict.fromkeys(range(1, 11), 1000)}
 BIG, SMALL = 0, 7
 VALUE = b"v" * 256
 LIMIT = 501  # kube-apiserver's page of 500, plus one to tell whether there is more
-
-
-def prefix(resource: int) -> bytes:
-    return b"/registry/resource%02d/" % resource
-
-
-def key(resource: int, name: int) -> bytes:
-    return prefix(resource) + b"object%05d" % name
-
-
-def prefix_end(key_prefix: bytes) -> bytes:
-    return key_prefix[:-1] + bytes([key_prefix[-1] + 1])
 
 
 async def load(endpoint: str) -> tuple[int, int]:
