@@ -24,6 +24,15 @@ _postgres_started = threading.Lock()  # servers start from several threads (test
 _postgres_databases: list[str] = []
 
 
+def accepts_connections(host: str, port: int) -> bool:
+    """Whether a server listens there (the databases' own clients come later)."""
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+        return True
+    except OSError:
+        return False
+
+
 def postgres_endpoint() -> str:
     """An endpoint naming a database nobody used before; the store creates it on open."""
     postgres_ensure_running()
@@ -32,18 +41,10 @@ def postgres_endpoint() -> str:
     return f"postgres://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
 
 
-def postgres_accepts_connections() -> bool:
-    try:
-        socket.create_connection((POSTGRES_HOST, POSTGRES_PORT), timeout=1.0).close()
-        return True
-    except OSError:
-        return False
-
-
 def postgres_ensure_running() -> None:
     """Start the local cluster (Debian's postgresql package) unless it already serves."""
     with _postgres_started:
-        if postgres_accepts_connections():
+        if accepts_connections(POSTGRES_HOST, POSTGRES_PORT):
             return
         try:
             version = sorted(os.listdir(POSTGRES_CLUSTERS))[-1]
@@ -55,7 +56,7 @@ def postgres_ensure_running() -> None:
             capture_output=True,
         )
         deadline = time.monotonic() + POSTGRES_START_TIMEOUT
-        while not postgres_accepts_connections():
+        while not accepts_connections(POSTGRES_HOST, POSTGRES_PORT):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"PostgreSQL not accepting connections after {POSTGRES_START_TIMEOUT}s")
             time.sleep(0.1)
@@ -95,18 +96,10 @@ def mysql_endpoint() -> str:
     return f"mysql://root:@tcp({MYSQL_HOST}:{MYSQL_PORT})/{name}"
 
 
-def mysql_accepts_connections() -> bool:
-    try:
-        socket.create_connection((MYSQL_HOST, MYSQL_PORT), timeout=1.0).close()
-        return True
-    except OSError:
-        return False
-
-
 def mysql_ensure_running() -> None:
     """Start the local MariaDB (Debian's mariadb-server package) unless it already serves."""
     with _mysql_started:
-        if mysql_accepts_connections():
+        if accepts_connections(MYSQL_HOST, MYSQL_PORT):
             return
         if not os.path.exists(MYSQL_DAEMON):
             raise RuntimeError("the mysql store tests need MariaDB: apt-get install mariadb-server")
@@ -119,7 +112,7 @@ def mysql_ensure_running() -> None:
             capture_output=True,
         )
         deadline = time.monotonic() + MYSQL_START_TIMEOUT
-        while not mysql_accepts_connections():
+        while not accepts_connections(MYSQL_HOST, MYSQL_PORT):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"MariaDB not accepting connections after {MYSQL_START_TIMEOUT}s")
             time.sleep(0.1)

@@ -39,20 +39,25 @@ def free_port() -> int:
                 return port
 
 
-def wait_until_serving(address: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 30.0) -> None:
+def wait_until_serving(server: ServerProcess, timeout: float = 30.0) -> None:
     """Block until a Maintenance.Status call succeeds, or fail with the server's log."""
+    assert server.process is not None
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with server.channel() as channel:
         maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
         while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+            if server.process.poll() is not None:
+                log = server.log.read_text()[-4000:]
+                raise RuntimeError(f"server exited with {server.process.returncode}:\n{log}")
             try:
                 maintenance.Status(rpc_pb2.StatusRequest(), timeout=1.0)
                 return
             except grpc.RpcError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not serving after {timeout}s:\n{log.read_text()[-4000:]}") from None
+                    server.stop()
+                    raise RuntimeError(
+                        f"server not serving after {timeout}s:\n{server.log.read_text()[-4000:]}"
+                    ) from None
                 time.sleep(0.05)
 
 
@@ -64,6 +69,7 @@ class ServerProcess:
     address: str
     log: Path
     env: dict[str, str] = field(default_factory=dict)
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the server; None: plaintext
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServerProcess:
@@ -76,7 +82,7 @@ class ServerProcess:
             cwd=REPO_ROOT,
         )
         log_file.close()
-        wait_until_serving(self.address, self.process, self.log)
+        wait_until_serving(self)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
@@ -95,7 +101,10 @@ class ServerProcess:
         self.stop(signal.SIGKILL)
 
     def channel(self) -> grpc.Channel:
-        return grpc.insecure_channel(self.address, options=[("grpc.max_receive_message_length", -1)])
+        options = [("grpc.max_receive_message_length", -1)]
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address, options=options)
+        return grpc.secure_channel(self.address, self.credentials, options=options)
 
 
 def etcd_binary() -> str:

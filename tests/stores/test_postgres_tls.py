@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from kubefabric.stores._postgres import PostgresStore
-from tests._databases import POSTGRES_CLUSTERS, postgres_accepts_connections
+from tests._databases import POSTGRES_CLUSTERS, POSTGRES_HOST, POSTGRES_PORT, accepts_connections
 from tests._servers import free_port
 
 PASSWORD = "not-a-real-secret"
@@ -113,7 +113,7 @@ def opens(endpoint: str) -> None:
 
 
 def test_the_shared_server_is_untouched() -> None:
-    assert postgres_accepts_connections()
+    assert accepts_connections(POSTGRES_HOST, POSTGRES_PORT)
 
 
 @pytest.mark.parametrize("database", ["required", "verified_ca", "verified_name"])

@@ -11,7 +11,6 @@ import ipaddress
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.protocol.etcdpb import rpc_pb2
 from tests._client import Etcd
 from tests._servers import REPO_ROOT, ServerProcess, free_port, kubefabric_command
 
@@ -124,34 +123,10 @@ def tls_credentials(pki: Pki, client: Pem | None) -> grpc.ChannelCredentials:
 def start_tls_kubefabric(
     workdir: Path, credentials: grpc.ChannelCredentials, *flags: str | Path, env: dict[str, str] | None = None
 ) -> ServerProcess:
-    """kubefabric on SQLite, serving once a Status call over TLS with these credentials succeeds.
-
-    The shared harness waits with a plaintext client, which a TLS listener refuses.
-    """
+    """kubefabric on SQLite, serving once a Status call over TLS with these credentials succeeds."""
     address = f"127.0.0.1:{free_port()}"
     command = kubefabric_command(address, f"sqlite://{workdir}/state.db", "--metrics-address", "", *map(str, flags))
-    log = workdir / "kubefabric.log"
-    with log.open("ab") as log_file:
-        process = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO_ROOT
-        )
-    server = ServerProcess(command, address, log, process=process)
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    with grpc.secure_channel(address, credentials) as channel:
-        maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"kubefabric exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                maintenance.Status(rpc_pb2.StatusRequest(), timeout=1.0)
-                return server
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    server.stop()
-                    raise RuntimeError(
-                        f"kubefabric not serving TLS after {STARTUP_TIMEOUT}s:\n{log.read_text()}"
-                    ) from None
-                time.sleep(0.05)
+    return ServerProcess(command, address, workdir / "kubefabric.log", env or {}, credentials).start()
 
 
 @pytest.fixture(scope="module")
