@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.etcdpb import rpc_pb2, rpc_pb2_grpc
 from tests._client import prefix_end
 
 KEY_PREFIX = b"/registry/bench/"

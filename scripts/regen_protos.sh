@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate the Python etcd v3 wire modules from proto/kubefabric/protocol/etcdpb/*.proto.
+# Regenerate the Python etcd v3 wire modules from proto/kubefabric/etcdpb/*.proto.
 #
-# Output lands in src/kubefabric/protocol/etcdpb/ (*_pb2.py, *_pb2.pyi, *_pb2_grpc.py).
+# Output lands in src/kubefabric/etcdpb/ (*_pb2.py, *_pb2.pyi, *_pb2_grpc.py).
 # The generated files are committed to the repository and must be regenerated
 # (by running this script) after editing any of the .proto files.
 #
@@ -15,4 +15,4 @@ python -m grpc_tools.protoc \
     --python_out=src \
     --pyi_out=src \
     --grpc_python_out=src \
-    proto/kubefabric/protocol/etcdpb/*.proto
+    proto/kubefabric/etcdpb/*.proto

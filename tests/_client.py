@@ -6,7 +6,7 @@ from types import TracebackType
 
 import grpc
 
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kubefabric.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 
 Compare = rpc_pb2.Compare
 RequestOp = rpc_pb2.RequestOp

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.etcdpb import rpc_pb2, rpc_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,6 +71,8 @@ class ServerProcess:
     env: dict[str, str] = field(default_factory=dict)
     credentials: grpc.ChannelCredentials | None = None  # TLS to the server; None: plaintext
     process: subprocess.Popen[bytes] | None = None
+    # Servers this one depends on (an etcd used as kubefabric's store), stopped after it.
+    companions: list[ServerProcess] = field(default_factory=list)
 
     def start(self) -> ServerProcess:
         log_file = self.log.open("ab")
@@ -94,6 +96,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        for companion in self.companions:
+            companion.stop()
         return self.process.returncode
 
     def kill(self) -> None:
@@ -159,7 +163,16 @@ def kubefabric_command(address: str, endpoint: str, *extra: str) -> list[str]:
 def start_kubefabric(workdir: Path, endpoint: str, *extra: str, env: dict[str, str] | None = None) -> ServerProcess:
     def start() -> ServerProcess:
         address = f"127.0.0.1:{free_port()}"
-        command = kubefabric_command(address, endpoint, "--metrics-address", f"127.0.0.1:{free_port()}", *extra)
+        command = kubefabric_command(
+            address,
+            endpoint,
+            "--metrics-address",
+            f"127.0.0.1:{free_port()}",
+            "--revision-mapper-endpoint",
+            f"sqlite://{workdir}/revisions.db",
+            *(["--topology-config", str(workdir / "topology.yaml")] if endpoint.startswith("multi://") else []),
+            *extra,
+        )
         return ServerProcess(command, address, workdir / "kubefabric.log", env or {}).start()
 
     return _retrying_port_clashes(start)

@@ -7,7 +7,7 @@ fresh database per test from the local service, started here if it is not runnin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,11 +16,56 @@ from tests._client import Etcd
 from tests._databases import mysql_drop_databases, mysql_endpoint, postgres_drop_databases, postgres_endpoint
 from tests._servers import ServerProcess, WarmServers, start_etcd, start_kubefabric
 
-# kubefabric targets by store name: each maps a per-test work directory to an --endpoint.
-STORE_ENDPOINTS = {
-    "sqlite": lambda workdir: f"sqlite://{workdir}/state.db",
-    "postgres": lambda workdir: postgres_endpoint(),
-    "mysql": lambda workdir: mysql_endpoint(),
+
+
+def _etcd_store(workdir: Path) -> tuple[str, list[ServerProcess]]:
+    (workdir / "store-etcd").mkdir()
+    backing = start_etcd(workdir / "store-etcd")
+    return f"http://{backing.address}", [backing]
+
+
+# Spreads Kubernetes' keys over every kind of database at once; the rest goes to the default.
+MULTI_TOPOLOGY = """\
+backends:
+- name: rbac
+  endpoint: {etcd}
+  regexp:
+    prefix: (clusterrolebindings|clusterroles|rolebindings|roles|serviceaccounts)
+    key: (clusterrolebindings|clusterroles|rolebindings|roles|serviceaccounts)
+- name: kube-system
+  endpoint: {mysql}
+  namespace:
+    namespace: kube-system
+- name: pods
+  endpoint: {postgres}
+  prefix:
+    prefix: pods
+- name: shirts
+  endpoint: sqlite://{workdir}/shirts.db
+  customresource:
+    group: stable.example.com
+    kind: shirts
+"""
+
+
+def multi_store(workdir: Path) -> tuple[str, list[ServerProcess]]:
+    """A multi:// endpoint over SQLite (the default and shirts), PostgreSQL, MariaDB and a real etcd;
+    its topology file is workdir/topology.yaml (start_kubefabric passes it when it exists)."""
+    etcd_endpoint, companions = _etcd_store(workdir)
+    (workdir / "topology.yaml").write_text(
+        MULTI_TOPOLOGY.format(etcd=etcd_endpoint, mysql=mysql_endpoint(), postgres=postgres_endpoint(), workdir=workdir)
+    )
+    return f"multi://sqlite://{workdir}/state.db", companions
+
+
+# kubefabric targets by store name: each maps a per-test work directory to an --endpoint and the
+# servers behind it that the test owns.
+STORE_ENDPOINTS: dict[str, Callable[[Path], tuple[str, list[ServerProcess]]]] = {
+    "sqlite": lambda workdir: (f"sqlite://{workdir}/state.db", []),
+    "postgres": lambda workdir: (postgres_endpoint(), []),
+    "mysql": lambda workdir: (mysql_endpoint(), []),
+    "etcd": _etcd_store,
+    "multi": multi_store,
 }
 TARGETS = ["etcd", *(f"kubefabric-{store}" for store in STORE_ENDPOINTS)]
 STORES = list(STORE_ENDPOINTS)
@@ -35,8 +80,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def start_target(target: str, workdir: Path) -> ServerProcess:
     if target == "etcd":
         return start_etcd(workdir)
-    store = target.removeprefix("kubefabric-")
-    return start_kubefabric(workdir, STORE_ENDPOINTS[store](workdir))
+    endpoint, companions = STORE_ENDPOINTS[target.removeprefix("kubefabric-")](workdir)
+    process = start_kubefabric(workdir, endpoint)
+    process.companions = companions
+    return process
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +113,11 @@ def store(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_endpoint(store: str, tmp_path: Path) -> str:
-    return STORE_ENDPOINTS[store](tmp_path)
+def store_endpoint(store: str, tmp_path: Path) -> Iterator[str]:
+    endpoint, companions = STORE_ENDPOINTS[store](tmp_path)
+    yield endpoint
+    for companion in companions:
+        companion.stop()
 
 
 @pytest.fixture

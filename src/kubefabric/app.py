@@ -14,9 +14,9 @@ from prometheus_client import start_http_server
 
 from kubefabric import __version__
 from kubefabric.config import Settings
-from kubefabric.core import Core
+from kubefabric.core import Core, RoutedStore, Topology, TopologyError
 from kubefabric.protocol import ETCD_VERSION, build_server, health_pb2
-from kubefabric.stores import EndpointError, open_store, redact
+from kubefabric.stores import EndpointError, EtcdOptions, Store, open_store, redact
 
 log = logging.getLogger("kubefabric")
 
@@ -48,6 +48,14 @@ async def serve(settings: Settings) -> int:
         await core.stop()
         return 1
 
+    follower = None
+    if isinstance(core.store, RoutedStore) and settings.topology_config:
+        options = etcd_options(settings)
+        follower = asyncio.create_task(
+            core.store.follow(settings.topology_config, lambda endpoint: open_store(endpoint, options)),
+            name="topology-follower",
+        )
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -57,16 +65,37 @@ async def serve(settings: Settings) -> int:
     log.info("shutting down: refusing new requests, finishing those in flight")
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.stop(SHUTDOWN_GRACE_SECONDS)
+    if follower is not None:
+        follower.cancel()
     await core.stop()
     log.info("stopped at revision %d", core.mvcc.durable_revision)
     return 0
+
+
+def _open_store(settings: Settings) -> Store:
+    options = etcd_options(settings)
+    if not settings.endpoint.startswith("multi://"):
+        return open_store(settings.endpoint, options)
+    default = settings.endpoint.removeprefix("multi://")
+    try:
+        if settings.topology_config:
+            topology = Topology.load(settings.topology_config, default)
+        else:
+            topology = Topology.parse("backends: []", default, "(no --topology-config)")
+    except TopologyError as error:
+        raise StartupError(f"--topology-config: {error}") from None
+    stores: dict[str, Store] = {}
+    for backend in topology.backends:
+        log.info("backend %r (%s) at %s", backend.name, backend.rule, redact(backend.endpoint))
+        stores[backend.name] = open_store(backend.endpoint, options)
+    return RoutedStore(topology, stores)
 
 
 async def _open_core(settings: Settings) -> Core:
     endpoint = redact(settings.endpoint)
     log.info("opening store %s", endpoint)
     try:
-        store = open_store(settings.endpoint)
+        store = _open_store(settings)
     except EndpointError as error:
         raise StartupError(f"--endpoint {endpoint}: {error}") from None
     core = Core(store, settings.compaction_interval, settings.compaction_retention)
@@ -81,6 +110,17 @@ async def _open_core(settings: Settings) -> Core:
         len(core.leases),
     )
     return core
+
+
+def etcd_options(settings: Settings) -> EtcdOptions:
+    return EtcdOptions(
+        cafile=settings.etcd_cafile,
+        certfile=settings.etcd_certfile,
+        keyfile=settings.etcd_keyfile,
+        mapper_endpoint=settings.revision_mapper_endpoint,
+        mapper_history=settings.revision_mapper_history,
+        mapper_cache_capacity=settings.revision_mapper_cache_capacity,
+    )
 
 
 def _read(flag: str, path: str) -> bytes:

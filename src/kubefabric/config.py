@@ -41,6 +41,13 @@ class Settings(BaseModel):
     cert_file: str = ""
     key_file: str = ""
     trusted_ca_file: str = ""
+    topology_config: str = ""
+    etcd_cafile: str = ""
+    etcd_certfile: str = ""
+    etcd_keyfile: str = ""
+    revision_mapper_endpoint: str = "sqlite://./db/revisions.db"
+    revision_mapper_history: float = 4 * 3600.0
+    revision_mapper_cache_capacity: int = 10000
 
     @field_validator("listen_address", "metrics_address")
     @classmethod
@@ -52,19 +59,21 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not HOST:PORT")
         return value
 
-    @field_validator("compaction_interval", "watch_progress_notify_interval", mode="before")
+    @field_validator("compaction_interval", "watch_progress_notify_interval", "revision_mapper_history", mode="before")
     @classmethod
     def _duration(cls, value: str | float) -> float:
         return parse_duration(value)
 
-    @field_validator("compaction_retention")
+    @field_validator("compaction_retention", "revision_mapper_cache_capacity")
     @classmethod
     def _not_negative(cls, value: int) -> int:
         if value < 0:
             raise ValueError("must be 0 or more")
         return value
 
-    @field_validator("cert_file", "key_file", "trusted_ca_file")
+    @field_validator(
+        "cert_file", "key_file", "trusted_ca_file", "topology_config", "etcd_cafile", "etcd_certfile", "etcd_keyfile"
+    )
     @classmethod
     def _readable_file(cls, value: str) -> str:
         if value and not (os.path.isfile(value) and os.access(value, os.R_OK)):
@@ -79,6 +88,10 @@ class Settings(BaseModel):
             raise ValueError(
                 "--trusted-ca-file needs --cert-file and --key-file: client certificates are checked only over TLS"
             )
+        if bool(self.etcd_certfile) != bool(self.etcd_keyfile):
+            raise ValueError("--etcd-certfile and --etcd-keyfile must be given together")
+        if self.topology_config and not self.endpoint.startswith("multi://"):
+            raise ValueError("--topology-config needs a multi:// --endpoint naming the default database")
         return self
 
     @property
@@ -125,5 +138,28 @@ OPTIONS = [
         "--trusted-ca-file",
         "KUBEFABRIC_TRUSTED_CA_FILE",
         "CA certificates (PEM) for client certificates; when set, clients must present one signed by them",
+    ),
+    Option(
+        "--topology-config",
+        "TOPOLOGY_CONFIG",
+        "YAML file routing resources to databases; needs --endpoint multi://DEFAULT-ENDPOINT",
+    ),
+    Option("--etcd-cafile", "KUBEFABRIC_ETCD_CAFILE", "CA certificates (PEM) that sign https:// etcd stores"),
+    Option("--etcd-certfile", "KUBEFABRIC_ETCD_CERTFILE", "client certificate (PEM) for https:// etcd stores"),
+    Option("--etcd-keyfile", "KUBEFABRIC_ETCD_KEYFILE", "private key (PEM) of --etcd-certfile"),
+    Option(
+        "--revision-mapper-endpoint",
+        "REVISION_MAPPER_ENDPOINT",
+        "sqlite://PATH where etcd stores keep the mapping between kubefabric's revisions and the etcd's",
+    ),
+    Option(
+        "--revision-mapper-history",
+        "REVISION_MAPPER_HISTORY",
+        "how long revision mappings are kept; older revisions read as compacted; 0 keeps them forever",
+    ),
+    Option(
+        "--revision-mapper-cache-capacity",
+        "REVISION_MAPPER_CACHE_CAPACITY",
+        "revision mappings kept in memory",
     ),
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.etcdpb import rpc_pb2, rpc_pb2_grpc
 from tests._client import Etcd, RequestOp, put_op, range_op
 from tests._servers import REPO_ROOT, ServerProcess, free_port, kubefabric_command, start_kubefabric
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import pytest
 
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.etcdpb import kv_pb2, rpc_pb2
 from tests._client import Etcd
 
 # How long to wait for a response the server owes us before declaring it missing.

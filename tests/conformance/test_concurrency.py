@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.etcdpb import kv_pb2, rpc_pb2
 from tests._client import Etcd
 from tests._servers import ServerProcess
 from tests.conformance._support import RESPONSE_TIMEOUT

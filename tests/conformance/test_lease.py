@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.etcdpb import kv_pb2, rpc_pb2
 from tests._client import Etcd, prefix_end
 from tests.conformance._support import (
     ERR_LEASE_NOT_FOUND,

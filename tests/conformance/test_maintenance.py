@@ -9,7 +9,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from kubefabric.protocol.etcdpb import rpc_pb2, rpc_pb2_grpc
+from kubefabric.etcdpb import rpc_pb2, rpc_pb2_grpc
 from tests._client import Etcd
 from tests._servers import ServerProcess
 from tests.conformance._support import RESPONSE_TIMEOUT, is_etcd

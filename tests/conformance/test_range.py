@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 from tests._client import Etcd, kv_tuple, prefix_end
 from tests.conformance._support import ERR_COMPACTED, ERR_FUTURE_REV, keys_of, raises_rpc_error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 from tests._client import Compare, Etcd, RequestOp, delete_op, kv_tuple, mod_revision_is, put_op, range_op
 from tests.conformance._support import ERR_DUPLICATE_KEY, grant_lease, keys_of, raises_rpc_error
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.etcdpb import kv_pb2, rpc_pb2
 from tests._client import Etcd, kv_tuple, prefix_end, put_op
 from tests.conformance._support import WatchStream
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 from tests._client import Compare, Etcd, kv_tuple, put_op
 from tests._servers import ServerProcess, start_kubefabric
 

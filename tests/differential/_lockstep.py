@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 from tests._client import Etcd
 
 # How long a watch stream may take to deliver a response before it counts as never arriving.

@@ -27,7 +27,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 from tests._client import Compare, Etcd, RequestOp, delete_op, prefix_end, put_op
 from tests._servers import ServerProcess
 from tests.differential._lockstep import (

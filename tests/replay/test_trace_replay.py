@@ -34,7 +34,7 @@ from google.protobuf.json_format import ParseDict
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kubefabric.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
 from tests._servers import ServerProcess
 
 # CI clones the repository with shared/ beside it.

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 from tests._client import Etcd
 from tests._servers import REPO_ROOT, ServerProcess, free_port, kubefabric_command
 

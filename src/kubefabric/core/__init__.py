@@ -22,10 +22,13 @@ from kubefabric.core._ops import (
     TxnResult,
     key_range_end,
 )
+from kubefabric.core._routed import RoutedStore
+from kubefabric.core._topology import Backend, Topology, TopologyError
 from kubefabric.core._watch import WatchBatch, Watcher, WatchHub
 from kubefabric.stores import Change, KeyValue, StoreUnavailable
 
 __all__ = [
+    "Backend",
     "Change",
     "KeyValue",
     "Compare",
@@ -46,9 +49,12 @@ __all__ = [
     "RangeOp",
     "RangeResult",
     "RequestTooLarge",
+    "RoutedStore",
     "SortOrder",
     "SortTarget",
     "StoreUnavailable",
+    "Topology",
+    "TopologyError",
     "TxnOp",
     "TxnResult",
     "WatchBatch",

@@ -8,6 +8,7 @@ import logging
 from kubefabric.core._lease import Lessor
 from kubefabric.core._metrics import COMPACT_REVISION, LEASES, REVISION, WATCHERS
 from kubefabric.core._mvcc import Commit, Mvcc
+from kubefabric.core._routed import RoutedStore
 from kubefabric.core._watch import WatchHub
 from kubefabric.stores import Store
 
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 class Core:
     def __init__(self, store: Store, compaction_interval: float, compaction_retention: int) -> None:
         self.mvcc = Mvcc(store)
+        if isinstance(store, RoutedStore):
+            self.mvcc.backend_of = store.backend_of
         self.watches = WatchHub(self.mvcc)
         self.leases = Lessor(self.mvcc)
         self._compaction_interval = compaction_interval

@@ -60,3 +60,12 @@ class LeaseExists(EtcdError):
 
 class LeaseTTLTooLarge(EtcdError):
     code, message = "OUT_OF_RANGE", "etcdserver: too large lease TTL"
+
+
+class CrossBackendTxn(EtcdError):
+    code = "INVALID_ARGUMENT"
+
+    def __init__(self, backends: list[str]) -> None:
+        super().__init__(
+            f"kubefabric: a transaction may only write keys of one backend; this one writes to {', '.join(backends)}"
+        )

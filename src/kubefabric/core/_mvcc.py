@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Container, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from kubefabric.core._errors import Compacted, FutureRevision, KeyNotFound, LeaseNotFound
+from kubefabric.core._errors import Compacted, CrossBackendTxn, FutureRevision, KeyNotFound, LeaseNotFound
 from kubefabric.core._metrics import COMMIT_FAILURES, COMMIT_GROUP_SIZE, COMMIT_SECONDS
 from kubefabric.core._ops import (
     Compare,
@@ -41,7 +41,17 @@ from kubefabric.core._ops import (
     is_read_only,
 )
 from kubefabric.core._validate import check_key, check_put, check_txn
-from kubefabric.stores import Change, KeyValue, RangeRows, Store, StoredState, WriteBatch
+from kubefabric.stores import (
+    Change,
+    HistoryUnavailable,
+    KeyValue,
+    PartialWriteFailure,
+    RangeRows,
+    Store,
+    StoredState,
+    StoreUnavailable,
+    WriteBatch,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,6 +103,9 @@ class Mvcc:
         self._committer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._resync_needed = False
+        self._failure: Exception | None = None  # why the last commit failed
+        # The backend of a key, when keys live in several databases: one transaction writes one.
+        self.backend_of: Callable[[bytes], str] | None = None
 
     async def open(self) -> StoredState:
         state = await self.store.open()
@@ -170,6 +183,13 @@ class Mvcc:
                 await self.drain()
             txn = _Txn(self, _PendingReader(self), self.revision)
             result = await evaluate(txn)
+            if self.backend_of is not None and txn.changes and not revoked_leases:
+                backends = sorted({self.backend_of(change.kv.key) for change in txn.changes})
+                if len(backends) > 1:
+                    raise CrossBackendTxn(backends)
+            if self._resync_needed:
+                # A commit failed while this write was evaluated, perhaps on top of it: drop this one too.
+                raise StoreUnavailable(f"an earlier write this one depended on failed: {self._failure}")
             if txn.changes or revoked_leases:
                 if txn.changes:
                     self.revision = txn.write_revision
@@ -186,6 +206,8 @@ class Mvcc:
     async def record(self, commit: Commit) -> None:
         """Persist a commit that moves no revision (lease grant, revoke, compaction mark)."""
         async with self._write_lock:
+            if self._resync_needed:
+                await self._resync()
             done = self._enqueue(commit)
         await done
 
@@ -196,6 +218,8 @@ class Mvcc:
     async def locked(self, work: Callable[[], Awaitable[T]]) -> T:
         """Run `work` with writes held off, once every earlier write is durable."""
         async with self._write_lock:
+            if self._resync_needed:
+                await self._resync()
             await self.drain()
             return await work()
 
@@ -263,20 +287,57 @@ class Mvcc:
         try:
             if batch.changes or batch.granted_leases or batch.revoked_leases or batch.compact_revision:
                 await self.store.write(batch)
+        except PartialWriteFailure as error:
+            self._fail_partly(commits, error)
+            return
         except Exception as error:  # noqa: BLE001 - every failure must fail the waiting writers
             self._fail(commits, error)
             return
         COMMIT_SECONDS.observe(time.perf_counter() - started)
         COMMIT_GROUP_SIZE.observe(len(commits))
         self.durable_revision = revision
+        self._land(commits)
+
+    def _land(self, commits: list[Commit]) -> None:
+        """Acknowledge and announce durable commits, in revision order."""
         for commit in commits:
-            for change in commit.changes:
-                # Only if no later write to the key is still pending.
-                if self._pending.get(change.kv.key, (0, None))[0] == commit.revision:
-                    del self._pending[change.kv.key]
+            self._forget_pending(commit)
             for listener in self._listeners:
                 listener(commit)
             commit.done.set_result(None)
+
+    def _forget_pending(self, commit: Commit) -> None:
+        for change in commit.changes:
+            # Only if no later write to the key is still pending.
+            if self._pending.get(change.kv.key, (0, None))[0] == commit.revision:
+                del self._pending[change.kv.key]
+
+    def _fail_partly(self, commits: list[Commit], error: PartialWriteFailure) -> None:
+        """One database of several failed: fail the writes it holds and those queued on top of them;
+        the rest are durable. Their revisions stay used (a gap clients never see)."""
+        log.error("commit of revision %d failed in part: %s", commits[-1].revision or self.revision, error)
+        COMMIT_FAILURES.inc()
+
+        def hit(commit: Commit) -> bool:
+            if any(error.failed(change.kv.key) for change in commit.changes):
+                return True
+            return error.leases_failed and bool(
+                commit.granted_leases or commit.revoked_leases or commit.compact_revision is not None
+            )
+
+        landed = [commit for commit in commits if not hit(commit)]
+        lost = [commit for commit in commits if hit(commit)]
+        queued_on_lost = [commit for commit in self._queue if hit(commit)]
+        self._queue = [commit for commit in self._queue if not hit(commit)]
+        self.durable_revision = max(
+            (c.revision for c in commits if c.revision is not None), default=self.durable_revision
+        )
+        for commit in lost + queued_on_lost:
+            for change in commit.changes:
+                self._pending.pop(change.kv.key, None)
+            if not commit.done.done():
+                commit.done.set_exception(error)
+        self._land(landed)
 
     def _fail(self, commits: list[Commit], error: Exception) -> None:
         """Undo every write not yet durable: they were evaluated on top of the failed ones."""
@@ -287,6 +348,7 @@ class Mvcc:
         self._pending.clear()
         self.revision = self.durable_revision
         self._resync_needed = True
+        self._failure = error
         for commit in failed:
             if not commit.done.done():
                 commit.done.set_exception(error)
@@ -319,13 +381,13 @@ class _StoreReader:
         self.revision = revision
 
     async def get(self, key: bytes) -> KeyValue | None:
-        rows = await self.store.range(key, None, self.revision, 0, False, False)
+        rows = await self.range(key, None, self.revision, 0, False, False)
         return rows.kvs[0] if rows.kvs else None
 
     async def range(
         self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
     ) -> RangeRows:
-        return await self.store.range(start, end, revision or self.revision, limit, keys_only, count_only)
+        return await _read(self.store, start, end, revision or self.revision, limit, keys_only, count_only)
 
 
 class _PendingReader:
@@ -349,10 +411,19 @@ class _PendingReader:
             return RangeRows([] if count_only else kvs, len(kvs), self.mvcc.revision)
         # Multi-key and historical reads come from the store alone: first let pending writes land.
         await self.mvcc.drain()
-        return await self.mvcc.store.range(start, end, revision, limit, keys_only, count_only)
+        return await _read(self.mvcc.store, start, end, revision, limit, keys_only, count_only)
 
 
 Reader = _StoreReader | _PendingReader
+
+
+async def _read(
+    store: Store, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+) -> RangeRows:
+    try:
+        return await store.range(start, end, revision, limit, keys_only, count_only)
+    except HistoryUnavailable:
+        raise Compacted() from None
 
 
 async def _execute_range(

@@ -4,19 +4,24 @@ A watcher is either synced, receiving each durable commit from `publish` into a 
 catching up, reading history pages from the store. A synced watcher whose consumer falls behind
 drops its queue and goes back to catching up from the store, so a slow watcher costs its own
 latency, never the writers' or other watchers'.
+
+A watcher whose history read fails (the database is down) keeps its place and tries again after a
+bounded, doubling pause, so a database outage delays its events but never loses, repeats or cancels
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from kubefabric.core._mvcc import Commit, Mvcc
 from kubefabric.core._ops import in_range
-from kubefabric.stores import Change
+from kubefabric.stores import Change, HistoryUnavailable, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,9 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 4096
 # Changes read from the store per catch-up page.
 PAGE_SIZE = 1000
+# Pause before a watcher reads history again after a failed read: doubles from the first to the last.
+RETRY_FIRST_DELAY = 0.1
+RETRY_MAX_DELAY = 2.0
 
 
 @dataclass(slots=True)
@@ -58,6 +66,7 @@ class Watcher:
         self._wakeup = asyncio.Event()
         self._delivering = False
         self._idle = asyncio.Event()
+        self._retry_delay = 0.0  # the last pause after a failed history read; 0 once a read succeeds
 
     @property
     def idle(self) -> bool:
@@ -105,7 +114,14 @@ class Watcher:
         """Deliver batches until cancelled or compacted away."""
         while True:
             if not self.synced:
-                batch = await self._catch_up()
+                try:
+                    batch = await self._catch_up()
+                except Exception as error:  # noqa: BLE001 - read again later, from the same revision
+                    await self._retry_later(error)
+                    continue
+                if self._retry_delay:
+                    self._retry_delay = 0.0
+                    self._hub.history_recovered()
                 if batch is None:
                     continue
             elif self._queue:
@@ -130,12 +146,23 @@ class Watcher:
             if self.idle:
                 self._idle.set()
 
+    async def _retry_later(self, error: Exception) -> None:
+        """Wait before reading history again: `next_revision` is unchanged, so nothing is skipped or repeated."""
+        self._hub.history_failed(error)
+        self._retry_delay = min(2 * self._retry_delay, RETRY_MAX_DELAY) if self._retry_delay else RETRY_FIRST_DELAY
+        # Jittered, so that the watchers of one outage do not all return to the database at once.
+        await asyncio.sleep(self._retry_delay * random.uniform(0.75, 1.0))
+
     async def _catch_up(self) -> WatchBatch | None:
         hub = self._hub
         if self.next_revision < hub.compact_revision:
             return WatchBatch([], hub.revision, compact_revision=hub.compact_revision)
         until = hub.revision
-        changes = await hub.mvcc.store.changes(self.next_revision - 1, until, PAGE_SIZE)
+        try:
+            changes = await hub.mvcc.store.changes(self.next_revision - 1, until, PAGE_SIZE)
+        except HistoryUnavailable as error:
+            # The store no longer keeps that far back, which retrying will not change: it reads as compacted.
+            return WatchBatch([], hub.revision, compact_revision=max(error.floor, hub.compact_revision))
         if self.next_revision < hub.compact_revision:
             # Compacted while reading: the page may have lost rows.
             return WatchBatch([], hub.revision, compact_revision=hub.compact_revision)
@@ -154,6 +181,7 @@ class WatchHub:
     def __init__(self, mvcc: Mvcc) -> None:
         self.mvcc = mvcc
         self._watchers: set[Watcher] = set()
+        self._history_failing = False  # watchers are retrying failed history reads; logged once per outage
         mvcc.on_commit(self._publish)
         mvcc.on_resync(self._resync)
 
@@ -175,6 +203,21 @@ class WatchHub:
 
     def __len__(self) -> int:
         return len(self._watchers)
+
+    def history_failed(self, error: Exception) -> None:
+        if not self._history_failing:
+            self._history_failing = True
+            # A database outage is expected and named by the error; anything else deserves its traceback.
+            log.warning(
+                "watchers cannot read history, retrying until the database answers: %s",
+                error,
+                exc_info=not isinstance(error, StoreUnavailable),
+            )
+
+    def history_recovered(self) -> None:
+        if self._history_failing:
+            self._history_failing = False
+            log.info("watchers read history again")
 
     def _resync(self, announced: int) -> None:
         """Revisions after `announced` became durable unannounced: watchers read them from the store."""

@@ -14,7 +14,7 @@ from google.protobuf.message_factory import GetMessageClass
 from prometheus_client import Counter, Histogram
 
 from kubefabric.core import Core, EtcdError, RequestTooLarge, StoreUnavailable
-from kubefabric.protocol.etcdpb import rpc_pb2
+from kubefabric.etcdpb import rpc_pb2
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

@@ -24,7 +24,7 @@ from kubefabric.core import (
     TxnResult,
     key_range_end,
 )
-from kubefabric.protocol.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.etcdpb import kv_pb2, rpc_pb2
 
 Header = rpc_pb2.ResponseHeader
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from kubefabric.core import Core, KeyNotFound
+from kubefabric.etcdpb import rpc_pb2
 from kubefabric.protocol import _convert as convert
 from kubefabric.protocol._common import Headers, check_size, unary
-from kubefabric.protocol.etcdpb import rpc_pb2
 
 
 class KVService:

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import grpc
 
 from kubefabric.core import Core
+from kubefabric.etcdpb import rpc_pb2
 from kubefabric.protocol._common import Headers, MalformedRequest, unary
-from kubefabric.protocol.etcdpb import rpc_pb2
 
 
 class LeaseService:

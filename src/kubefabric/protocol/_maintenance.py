@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 
 from kubefabric.core import Core
+from kubefabric.etcdpb import rpc_pb2
 from kubefabric.protocol._common import Headers, unary
-from kubefabric.protocol.etcdpb import rpc_pb2
 
 # The etcd version kubefabric answers as. kube-apiserver 1.31+ enables RequestWatchProgress only
 # from 3.5.13 on, and kubefabric implements it.

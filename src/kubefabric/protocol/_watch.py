@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import grpc
 
 from kubefabric.core import Core, WatchBatch, Watcher, key_range_end
+from kubefabric.etcdpb import rpc_pb2
 from kubefabric.protocol._common import Headers, MalformedRequest
 from kubefabric.protocol._convert import event_message
-from kubefabric.protocol.etcdpb import rpc_pb2
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,16 @@ from collections.abc import Callable
 from kubefabric.stores._base import (
     LIVE,
     Change,
+    HistoryUnavailable,
     KeyValue,
+    PartialWriteFailure,
     RangeRows,
     Store,
     StoredState,
     StoreUnavailable,
     WriteBatch,
 )
+from kubefabric.stores._etcd import EtcdOptions, EtcdStore
 from kubefabric.stores._sqlite import SqliteStore
 
 
@@ -22,8 +25,8 @@ class EndpointError(ValueError):
     """An --endpoint the project cannot use."""
 
 
-def open_store(endpoint: str) -> Store:
-    """The store an endpoint URL names."""
+def open_store(endpoint: str, etcd_options: EtcdOptions | None = None) -> Store:
+    """The store an endpoint URL names (not yet opened)."""
     scheme = endpoint.partition("://")[0]
     store_class: Callable[[str], Store]
     # The network stores' drivers are imported only when used: they slow start-up down.
@@ -33,9 +36,14 @@ def open_store(endpoint: str) -> Store:
         from kubefabric.stores._postgres import PostgresStore as store_class
     elif scheme == "mysql":
         from kubefabric.stores._mysql import MysqlStore as store_class
+    elif scheme in ("http", "https"):
+
+        def store_class(endpoint: str) -> Store:
+            return EtcdStore(endpoint, etcd_options)
     else:
         raise EndpointError(
-            f"unsupported endpoint scheme {scheme!r} in {redact(endpoint)!r}; supported: sqlite://, postgres://, mysql://"
+            f"unsupported endpoint scheme {scheme!r} in {redact(endpoint)!r}; "
+            "supported: sqlite://, postgres://, mysql://, http:// and https:// (etcd)"
         )
     try:
         return store_class(endpoint)
@@ -58,7 +66,11 @@ __all__ = [
     "LIVE",
     "Change",
     "EndpointError",
+    "EtcdOptions",
+    "EtcdStore",
+    "HistoryUnavailable",
     "KeyValue",
+    "PartialWriteFailure",
     "RangeRows",
     "SqliteStore",
     "Store",

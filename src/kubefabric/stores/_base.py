@@ -9,6 +9,7 @@ and compaction one: delete rows with `superseded <= C`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -104,6 +105,24 @@ class StoredState:
 
 class StoreUnavailable(Exception):
     """The database cannot be reached; the request may succeed later."""
+
+
+class PartialWriteFailure(StoreUnavailable):
+    """Part of a batch is durable: what `failed(key)` names is not, nor, if `leases_failed`, the
+    batch's leases and compaction mark. Stores that spread keys over several databases raise it."""
+
+    def __init__(self, message: str, failed: Callable[[bytes], bool], leases_failed: bool) -> None:
+        super().__init__(message)
+        self.failed = failed
+        self.leases_failed = leases_failed
+
+
+class HistoryUnavailable(Exception):
+    """The store can no longer read that far back: the revision reads as compacted."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__(f"revisions before {floor} are no longer kept")
+        self.floor = floor  # the oldest revision still readable, as far as the store knows
 
 
 class Store(Protocol):

@@ -232,6 +232,10 @@ class PostgresStore:
         # asyncpg reports a closed connection or pool as InterfaceError; other InterfaceErrors are bugs.
         if isinstance(error, asyncpg.InterfaceError):
             return connection is None or _is_closed(connection)
+        # A pooled connection the server terminated while idle, handed out before asyncpg noticed:
+        # its protocol state machine refuses the next statement.
+        if isinstance(error, asyncpg.exceptions.InternalClientError):
+            return True
         return isinstance(error, OUTAGES)
 
     @asynccontextmanager

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from kubefabric.protocol.etcdpb import rpc_pb2 as kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2
+from kubefabric.etcdpb import rpc_pb2 as kubefabric_dot_etcdpb_dot_rpc__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in kubefabric/protocol/etcdpb/rpc_pb2_grpc.py depends on'
+        + ' but the generated code in kubefabric/etcdpb/rpc_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,28 +37,28 @@ class KVStub:
         """
         self.Range = channel.unary_unary(
                 '/etcdserverpb.KV/Range',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.RangeRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.RangeResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.RangeRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.RangeResponse.FromString,
                 _registered_method=True)
         self.Put = channel.unary_unary(
                 '/etcdserverpb.KV/Put',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.PutRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.PutResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.PutRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.PutResponse.FromString,
                 _registered_method=True)
         self.DeleteRange = channel.unary_unary(
                 '/etcdserverpb.KV/DeleteRange',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.FromString,
                 _registered_method=True)
         self.Txn = channel.unary_unary(
                 '/etcdserverpb.KV/Txn',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.TxnRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.TxnResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.TxnRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.TxnResponse.FromString,
                 _registered_method=True)
         self.Compact = channel.unary_unary(
                 '/etcdserverpb.KV/Compact',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.CompactionResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.CompactionResponse.FromString,
                 _registered_method=True)
 
 
@@ -106,28 +106,28 @@ def add_KVServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Range': grpc.unary_unary_rpc_method_handler(
                     servicer.Range,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.RangeRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.RangeResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.RangeRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.RangeResponse.SerializeToString,
             ),
             'Put': grpc.unary_unary_rpc_method_handler(
                     servicer.Put,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.PutRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.PutResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.PutRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.PutResponse.SerializeToString,
             ),
             'DeleteRange': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteRange,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.SerializeToString,
             ),
             'Txn': grpc.unary_unary_rpc_method_handler(
                     servicer.Txn,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.TxnRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.TxnResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.TxnRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.TxnResponse.SerializeToString,
             ),
             'Compact': grpc.unary_unary_rpc_method_handler(
                     servicer.Compact,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.CompactionRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.CompactionResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.CompactionRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.CompactionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -156,8 +156,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Range',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.RangeRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.RangeResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.RangeRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.RangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -183,8 +183,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Put',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.PutRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.PutResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.PutRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.PutResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -210,8 +210,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/DeleteRange',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.DeleteRangeRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.DeleteRangeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -237,8 +237,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Txn',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.TxnRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.TxnResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.TxnRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.TxnResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -264,8 +264,8 @@ class KV:
             request,
             target,
             '/etcdserverpb.KV/Compact',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.CompactionResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.CompactionRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.CompactionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -289,8 +289,8 @@ class WatchStub:
         """
         self.Watch = channel.stream_stream(
                 '/etcdserverpb.Watch/Watch',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.WatchRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.WatchResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.WatchRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.WatchResponse.FromString,
                 _registered_method=True)
 
 
@@ -311,8 +311,8 @@ def add_WatchServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Watch': grpc.stream_stream_rpc_method_handler(
                     servicer.Watch,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.WatchRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.WatchResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.WatchRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.WatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -341,8 +341,8 @@ class Watch:
             request_iterator,
             target,
             '/etcdserverpb.Watch/Watch',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.WatchRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.WatchResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.WatchRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.WatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -366,28 +366,28 @@ class LeaseStub:
         """
         self.LeaseGrant = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseGrant',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.FromString,
                 _registered_method=True)
         self.LeaseRevoke = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseRevoke',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
                 _registered_method=True)
         self.LeaseKeepAlive = channel.stream_stream(
                 '/etcdserverpb.Lease/LeaseKeepAlive',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
                 _registered_method=True)
         self.LeaseTimeToLive = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseTimeToLive',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
                 _registered_method=True)
         self.LeaseLeases = channel.unary_unary(
                 '/etcdserverpb.Lease/LeaseLeases',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
                 _registered_method=True)
 
 
@@ -435,28 +435,28 @@ def add_LeaseServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'LeaseGrant': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseGrant,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.SerializeToString,
             ),
             'LeaseRevoke': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseRevoke,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.SerializeToString,
             ),
             'LeaseKeepAlive': grpc.stream_stream_rpc_method_handler(
                     servicer.LeaseKeepAlive,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.SerializeToString,
             ),
             'LeaseTimeToLive': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseTimeToLive,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveResponse.SerializeToString,
             ),
             'LeaseLeases': grpc.unary_unary_rpc_method_handler(
                     servicer.LeaseLeases,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseLeasesRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseLeasesResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseLeasesRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseLeasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -485,8 +485,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseGrant',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseGrantRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseGrantResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -512,8 +512,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseRevoke',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseRevokeRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseRevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -539,8 +539,8 @@ class Lease:
             request_iterator,
             target,
             '/etcdserverpb.Lease/LeaseKeepAlive',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseKeepAliveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -566,8 +566,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseTimeToLive',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseTimeToLiveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -593,8 +593,8 @@ class Lease:
             request,
             target,
             '/etcdserverpb.Lease/LeaseLeases',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseLeasesRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.LeaseLeasesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -618,28 +618,28 @@ class ClusterStub:
         """
         self.MemberAdd = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberAdd',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberAddResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberAddResponse.FromString,
                 _registered_method=True)
         self.MemberRemove = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberRemove',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberRemoveResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberRemoveResponse.FromString,
                 _registered_method=True)
         self.MemberUpdate = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberUpdate',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberUpdateResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberUpdateResponse.FromString,
                 _registered_method=True)
         self.MemberList = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberList',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberListRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberListResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberListRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberListResponse.FromString,
                 _registered_method=True)
         self.MemberPromote = channel.unary_unary(
                 '/etcdserverpb.Cluster/MemberPromote',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberPromoteResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberPromoteResponse.FromString,
                 _registered_method=True)
 
 
@@ -687,28 +687,28 @@ def add_ClusterServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'MemberAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberAdd,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberAddRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberAddResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberAddRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberAddResponse.SerializeToString,
             ),
             'MemberRemove': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberRemove,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberRemoveRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberRemoveResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberRemoveRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberRemoveResponse.SerializeToString,
             ),
             'MemberUpdate': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberUpdate,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberUpdateRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberUpdateResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberUpdateRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberUpdateResponse.SerializeToString,
             ),
             'MemberList': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberList,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberListRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberListResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberListRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberListResponse.SerializeToString,
             ),
             'MemberPromote': grpc.unary_unary_rpc_method_handler(
                     servicer.MemberPromote,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberPromoteRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberPromoteResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberPromoteRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MemberPromoteResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -737,8 +737,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberAdd',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberAddResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberAddRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberAddResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -764,8 +764,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberRemove',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberRemoveResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberRemoveRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberRemoveResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -791,8 +791,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberUpdate',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberUpdateResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberUpdateRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberUpdateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -818,8 +818,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberList',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberListRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberListResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberListRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -845,8 +845,8 @@ class Cluster:
             request,
             target,
             '/etcdserverpb.Cluster/MemberPromote',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MemberPromoteResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberPromoteRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MemberPromoteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -870,43 +870,43 @@ class MaintenanceStub:
         """
         self.Alarm = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Alarm',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AlarmRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AlarmResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AlarmRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AlarmResponse.FromString,
                 _registered_method=True)
         self.Status = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Status',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.StatusRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.StatusResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.StatusRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.StatusResponse.FromString,
                 _registered_method=True)
         self.Defragment = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Defragment',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DefragmentResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DefragmentResponse.FromString,
                 _registered_method=True)
         self.Hash = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Hash',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashResponse.FromString,
                 _registered_method=True)
         self.HashKV = channel.unary_unary(
                 '/etcdserverpb.Maintenance/HashKV',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashKVRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashKVResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashKVRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashKVResponse.FromString,
                 _registered_method=True)
         self.Snapshot = channel.unary_stream(
                 '/etcdserverpb.Maintenance/Snapshot',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.SnapshotResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
         self.MoveLeader = channel.unary_unary(
                 '/etcdserverpb.Maintenance/MoveLeader',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MoveLeaderResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MoveLeaderResponse.FromString,
                 _registered_method=True)
         self.Downgrade = channel.unary_unary(
                 '/etcdserverpb.Maintenance/Downgrade',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DowngradeResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DowngradeResponse.FromString,
                 _registered_method=True)
 
 
@@ -975,43 +975,43 @@ def add_MaintenanceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Alarm': grpc.unary_unary_rpc_method_handler(
                     servicer.Alarm,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AlarmRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AlarmResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AlarmRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AlarmResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.StatusRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.StatusResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.StatusRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.StatusResponse.SerializeToString,
             ),
             'Defragment': grpc.unary_unary_rpc_method_handler(
                     servicer.Defragment,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DefragmentRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DefragmentResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DefragmentRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DefragmentResponse.SerializeToString,
             ),
             'Hash': grpc.unary_unary_rpc_method_handler(
                     servicer.Hash,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashResponse.SerializeToString,
             ),
             'HashKV': grpc.unary_unary_rpc_method_handler(
                     servicer.HashKV,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashKVRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashKVResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashKVRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.HashKVResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_stream_rpc_method_handler(
                     servicer.Snapshot,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.SnapshotRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.SnapshotResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.SnapshotRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.SnapshotResponse.SerializeToString,
             ),
             'MoveLeader': grpc.unary_unary_rpc_method_handler(
                     servicer.MoveLeader,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MoveLeaderRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MoveLeaderResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MoveLeaderRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.MoveLeaderResponse.SerializeToString,
             ),
             'Downgrade': grpc.unary_unary_rpc_method_handler(
                     servicer.Downgrade,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DowngradeRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DowngradeResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DowngradeRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.DowngradeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1040,8 +1040,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Alarm',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AlarmRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AlarmResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AlarmRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AlarmResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1067,8 +1067,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Status',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.StatusRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.StatusResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.StatusRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.StatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1094,8 +1094,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Defragment',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DefragmentResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.DefragmentRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.DefragmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1121,8 +1121,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Hash',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.HashRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.HashResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1148,8 +1148,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/HashKV',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashKVRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.HashKVResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.HashKVRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.HashKVResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1175,8 +1175,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Snapshot',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.SnapshotResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.SnapshotRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1202,8 +1202,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/MoveLeader',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.MoveLeaderResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MoveLeaderRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.MoveLeaderResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1229,8 +1229,8 @@ class Maintenance:
             request,
             target,
             '/etcdserverpb.Maintenance/Downgrade',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.DowngradeResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.DowngradeRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.DowngradeResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1254,88 +1254,88 @@ class AuthStub:
         """
         self.AuthEnable = channel.unary_unary(
                 '/etcdserverpb.Auth/AuthEnable',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthEnableRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthEnableResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthEnableRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthEnableResponse.FromString,
                 _registered_method=True)
         self.AuthDisable = channel.unary_unary(
                 '/etcdserverpb.Auth/AuthDisable',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthDisableRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthDisableResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthDisableRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthDisableResponse.FromString,
                 _registered_method=True)
         self.AuthStatus = channel.unary_unary(
                 '/etcdserverpb.Auth/AuthStatus',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthStatusRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthStatusResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthStatusRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthStatusResponse.FromString,
                 _registered_method=True)
         self.Authenticate = channel.unary_unary(
                 '/etcdserverpb.Auth/Authenticate',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthenticateRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthenticateResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthenticateRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthenticateResponse.FromString,
                 _registered_method=True)
         self.UserAdd = channel.unary_unary(
                 '/etcdserverpb.Auth/UserAdd',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserAddRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserAddResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserAddRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserAddResponse.FromString,
                 _registered_method=True)
         self.UserGet = channel.unary_unary(
                 '/etcdserverpb.Auth/UserGet',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGetRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGetResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGetRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGetResponse.FromString,
                 _registered_method=True)
         self.UserList = channel.unary_unary(
                 '/etcdserverpb.Auth/UserList',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserListRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserListResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserListRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserListResponse.FromString,
                 _registered_method=True)
         self.UserDelete = channel.unary_unary(
                 '/etcdserverpb.Auth/UserDelete',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteResponse.FromString,
                 _registered_method=True)
         self.UserChangePassword = channel.unary_unary(
                 '/etcdserverpb.Auth/UserChangePassword',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordResponse.FromString,
                 _registered_method=True)
         self.UserGrantRole = channel.unary_unary(
                 '/etcdserverpb.Auth/UserGrantRole',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleResponse.FromString,
                 _registered_method=True)
         self.UserRevokeRole = channel.unary_unary(
                 '/etcdserverpb.Auth/UserRevokeRole',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleResponse.FromString,
                 _registered_method=True)
         self.RoleAdd = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleAdd',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleAddRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleAddResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleAddRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleAddResponse.FromString,
                 _registered_method=True)
         self.RoleGet = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleGet',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGetRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGetResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGetRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGetResponse.FromString,
                 _registered_method=True)
         self.RoleList = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleList',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleListRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleListResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleListRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleListResponse.FromString,
                 _registered_method=True)
         self.RoleDelete = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleDelete',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteResponse.FromString,
                 _registered_method=True)
         self.RoleGrantPermission = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleGrantPermission',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionResponse.FromString,
                 _registered_method=True)
         self.RoleRevokePermission = channel.unary_unary(
                 '/etcdserverpb.Auth/RoleRevokePermission',
-                request_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionRequest.SerializeToString,
-                response_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionResponse.FromString,
+                request_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionRequest.SerializeToString,
+                response_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionResponse.FromString,
                 _registered_method=True)
 
 
@@ -1451,88 +1451,88 @@ def add_AuthServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'AuthEnable': grpc.unary_unary_rpc_method_handler(
                     servicer.AuthEnable,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthEnableRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthEnableResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthEnableRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthEnableResponse.SerializeToString,
             ),
             'AuthDisable': grpc.unary_unary_rpc_method_handler(
                     servicer.AuthDisable,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthDisableRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthDisableResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthDisableRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthDisableResponse.SerializeToString,
             ),
             'AuthStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.AuthStatus,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthStatusRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthStatusResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthStatusRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthStatusResponse.SerializeToString,
             ),
             'Authenticate': grpc.unary_unary_rpc_method_handler(
                     servicer.Authenticate,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthenticateRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthenticateResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthenticateRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthenticateResponse.SerializeToString,
             ),
             'UserAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.UserAdd,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserAddRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserAddResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserAddRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserAddResponse.SerializeToString,
             ),
             'UserGet': grpc.unary_unary_rpc_method_handler(
                     servicer.UserGet,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGetRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGetResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGetRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGetResponse.SerializeToString,
             ),
             'UserList': grpc.unary_unary_rpc_method_handler(
                     servicer.UserList,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserListRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserListResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserListRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserListResponse.SerializeToString,
             ),
             'UserDelete': grpc.unary_unary_rpc_method_handler(
                     servicer.UserDelete,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteResponse.SerializeToString,
             ),
             'UserChangePassword': grpc.unary_unary_rpc_method_handler(
                     servicer.UserChangePassword,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordResponse.SerializeToString,
             ),
             'UserGrantRole': grpc.unary_unary_rpc_method_handler(
                     servicer.UserGrantRole,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleResponse.SerializeToString,
             ),
             'UserRevokeRole': grpc.unary_unary_rpc_method_handler(
                     servicer.UserRevokeRole,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleResponse.SerializeToString,
             ),
             'RoleAdd': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleAdd,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleAddRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleAddResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleAddRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleAddResponse.SerializeToString,
             ),
             'RoleGet': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleGet,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGetRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGetResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGetRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGetResponse.SerializeToString,
             ),
             'RoleList': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleList,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleListRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleListResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleListRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleListResponse.SerializeToString,
             ),
             'RoleDelete': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleDelete,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteResponse.SerializeToString,
             ),
             'RoleGrantPermission': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleGrantPermission,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionResponse.SerializeToString,
             ),
             'RoleRevokePermission': grpc.unary_unary_rpc_method_handler(
                     servicer.RoleRevokePermission,
-                    request_deserializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionRequest.FromString,
-                    response_serializer=kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionResponse.SerializeToString,
+                    request_deserializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionRequest.FromString,
+                    response_serializer=kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1561,8 +1561,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/AuthEnable',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthEnableRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthEnableResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthEnableRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthEnableResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1588,8 +1588,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/AuthDisable',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthDisableRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthDisableResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthDisableRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthDisableResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1615,8 +1615,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/AuthStatus',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthStatusRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthStatusResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthStatusRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1642,8 +1642,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/Authenticate',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthenticateRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthenticateResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthenticateRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthenticateResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1669,8 +1669,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserAdd',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserAddRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserAddResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserAddRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserAddResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1696,8 +1696,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserGet',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGetRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGetResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGetRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1723,8 +1723,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserList',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserListRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserListResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserListRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1750,8 +1750,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserDelete',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserDeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1777,8 +1777,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserChangePassword',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserChangePasswordResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1804,8 +1804,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserGrantRole',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserGrantRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1831,8 +1831,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/UserRevokeRole',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthUserRevokeRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1858,8 +1858,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/RoleAdd',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleAddRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleAddResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleAddRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleAddResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1885,8 +1885,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/RoleGet',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGetRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGetResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGetRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1912,8 +1912,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/RoleList',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleListRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleListResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleListRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleListResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1939,8 +1939,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/RoleDelete',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleDeleteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1966,8 +1966,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/RoleGrantPermission',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleGrantPermissionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1993,8 +1993,8 @@ class Auth:
             request,
             target,
             '/etcdserverpb.Auth/RoleRevokePermission',
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionRequest.SerializeToString,
-            kubefabric_dot_protocol_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionResponse.FromString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionRequest.SerializeToString,
+            kubefabric_dot_etcdpb_dot_rpc__pb2.AuthRoleRevokePermissionResponse.FromString,
             options,
             channel_credentials,
             insecure,

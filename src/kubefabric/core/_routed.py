@@ -1,0 +1,222 @@
+"""Many databases under one revision sequence: a Store that routes each key by the topology.
+
+The core's one revision clock and one commit pipeline stay as they are: this store splits each
+durable batch by backend and writes the parts concurrently, reads a range from every backend that
+may hold part of it at one revision and merges the answers by key, and merges history by
+revision. A backend that fails takes down only its own part of a batch (PartialWriteFailure
+names which keys), so writes routed elsewhere keep being acknowledged.
+
+Leases and the compaction mark are kept by the default backend; an etcd backend grants a
+lease itself when a key first uses it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from kubefabric.core._topology import Backend, Topology, TopologyError
+from kubefabric.stores import (
+    Change,
+    KeyValue,
+    PartialWriteFailure,
+    RangeRows,
+    Store,
+    StoredState,
+    StoreUnavailable,
+    WriteBatch,
+    redact,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RoutedStore:
+    """A Store over several stores, each holding the keys the topology routes to it."""
+
+    def __init__(self, topology: Topology, stores: dict[str, Store]) -> None:
+        self.topology = topology
+        self._stores = stores
+        self._default = topology.backends[-1].name
+        self._revision = 0  # revision of the last durable batch, in every backend's terms
+
+    def __repr__(self) -> str:
+        return f"RoutedStore({', '.join(self._stores)})"
+
+    async def _on(self, backend: str, work: Callable[[Store], Awaitable[T]]) -> T:
+        """Run `work` on one backend; its outage names it."""
+        try:
+            return await work(self._stores[backend])
+        except StoreUnavailable as error:
+            raise StoreUnavailable(f"backend {backend!r}: {error}") from None
+
+    async def _on_all(self, backends: list[str], work: Callable[[Store], Awaitable[T]]) -> list[T]:
+        results = await asyncio.gather(*(self._on(name, work) for name in backends), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return results  # type: ignore[return-value]
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> StoredState:
+        names = list(self._stores)
+        states: list[StoredState] = []
+        for name, result in zip(
+            names,
+            await asyncio.gather(*(self._stores[name].open() for name in names), return_exceptions=True),
+            strict=True,
+        ):
+            if isinstance(result, BaseException):
+                await self.close()
+                endpoint = next(b.endpoint for b in self.topology.backends if b.name == name)
+                raise RuntimeError(f"backend {name!r} ({redact(endpoint)}) cannot be opened: {result}") from result
+            states.append(result)
+        by_name = dict(zip(names, states, strict=True))
+        default = by_name[self._default]
+        self._revision = max(state.revision for state in states)
+        return StoredState(
+            revision=self._revision,
+            compact_revision=max(state.compact_revision for state in states),
+            leases=default.leases,
+            leased_keys=[item for state in states for item in state.leased_keys],
+            identity=default.identity,
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(store.close() for store in self._stores.values()), return_exceptions=True)
+
+    def backend_of(self, key: bytes) -> str:
+        return self.topology.route(key).name
+
+    async def follow(self, path: str, make_store: Callable[[str], Store], interval: float = 2.0) -> None:
+        """Apply rules appended to the topology file while running; refuse any other change."""
+        seen = _modified(path)
+        while True:
+            await asyncio.sleep(interval)
+            modified = _modified(path)
+            if modified == seen:
+                continue
+            seen = modified
+            try:
+                newer = self.topology.extended_by(Topology.load(path, self.topology.backends[-1].endpoint))
+            except TopologyError as error:
+                log.error("topology change refused, still routing by the previous rules: %s", error)
+                continue
+            added = [backend for backend in newer.backends if backend.name not in self._stores]
+            try:
+                stores = {backend.name: make_store(backend.endpoint) for backend in added}
+                for name, store in stores.items():
+                    await store.open()
+                    log.info("backend %r opened", name)
+            except Exception as error:  # noqa: BLE001 - a bad new rule must not stop the server
+                log.error("topology change refused: a new backend cannot be opened: %s", error)
+                continue
+            self._stores = {**self._stores, **stores}
+            self.topology = newer
+            log.info("topology now routes by %d rules (%s)", len(newer.backends) - 1, ", ".join(b.name for b in added))
+
+    async def revision(self) -> int:
+        results = await asyncio.gather(*(store.revision() for store in self._stores.values()), return_exceptions=True)
+        known = [result for result in results if isinstance(result, int)]
+        if not known:
+            raise StoreUnavailable("no backend answers")
+        self._revision = max(self._revision, *known)
+        return self._revision
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> None:
+        parts: dict[str, WriteBatch] = {}
+        for change in batch.changes:
+            name = self.topology.route(change.kv.key).name
+            parts.setdefault(name, WriteBatch(batch.revision)).changes.append(change)
+        if batch.granted_leases or batch.revoked_leases or batch.compact_revision is not None:
+            own = parts.setdefault(self._default, WriteBatch(batch.revision))
+            own.granted_leases = batch.granted_leases
+            own.revoked_leases = batch.revoked_leases
+            own.compact_revision = batch.compact_revision
+        names = list(parts)
+        results = await asyncio.gather(*(self._stores[n].write(parts[n]) for n in names), return_exceptions=True)
+        failed = {
+            name: result for name, result in zip(names, results, strict=True) if isinstance(result, BaseException)
+        }
+        if not failed:
+            self._revision = batch.revision
+            return
+        message = "; ".join(f"backend {name!r}: {error}" for name, error in failed.items())
+        if len(failed) == len(names):
+            if all(isinstance(error, StoreUnavailable) for error in failed.values()):
+                raise StoreUnavailable(message)
+            raise RuntimeError(message)
+        self._revision = batch.revision
+        route = self.topology.route
+        raise PartialWriteFailure(
+            message,
+            lambda key: route(key).name in failed,
+            self._default in failed,
+        )
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _backends_for(self, start: bytes, end: bytes | None) -> list[Backend]:
+        if end is None:
+            return [self.topology.route(start)]
+        return self.topology.backends_for_range(start, end)
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        backends = self._backends_for(start, end)
+        if len(backends) == 1:
+            rows = await self._on(
+                backends[0].name, lambda store: store.range(start, end, revision, limit, keys_only, count_only)
+            )
+            # The backend's own revision lags whenever the latest writes went elsewhere.
+            rows.revision = max(rows.revision, self._revision)
+            return rows
+        # One snapshot for all: the head is read at the revision every backend has durably reached.
+        at = revision if revision > 0 else self._revision
+        answers = await self._on_all(
+            [backend.name for backend in backends],
+            lambda store: store.range(start, end, at, limit, keys_only, count_only),
+        )
+        kvs = list(heapq.merge(*(answer.kvs for answer in answers), key=lambda kv: kv.key))
+        if limit:
+            kvs = kvs[:limit]
+        return RangeRows(kvs, sum(answer.count for answer in answers), max(at, self._revision))
+
+    async def latest(self, key: bytes) -> KeyValue | None:
+        return await self._on(self.topology.route(key).name, lambda store: store.latest(key))
+
+    async def changes(self, after: int, until: int, limit: int) -> list[Change]:
+        answers = await self._on_all(list(self._stores), lambda store: store.changes(after, until, limit))
+        # A backend that filled its page may have more after its last revision: stop there.
+        cut = min((answer[-1].kv.mod_revision for answer in answers if limit and len(answer) >= limit), default=until)
+        merged = heapq.merge(*answers, key=lambda change: (change.kv.mod_revision, change.sub))
+        return [change for change in merged if change.kv.mod_revision <= cut]
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        names = list(self._stores)
+        results = await asyncio.gather(*(self._stores[n].compact(revision) for n in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("backend %r: compaction to %d failed, tried again next time: %s", name, revision, result)
+
+    async def size(self) -> int:
+        return sum(await self._on_all(list(self._stores), lambda store: store.size()))
+
+
+def _modified(path: str) -> tuple[float, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime, stat.st_size

@@ -1,0 +1,630 @@
+"""A real etcd as the store: keys, values and leases live natively in it, revisions are translated.
+
+Each kubefabric revision becomes one etcd transaction that also puts the revision into META_KEY,
+guarded by a compare on META_KEY's previous value. That one key makes the store safe and
+recoverable: etcd applies our transactions only in order, a foreign writer is detected instead of
+silently interleaved, and after a crash or a lost reply the revision map is rebuilt from etcd's
+own history (every transaction we wrote carries its kubefabric revision).
+
+Transactions of one batch are sent together (etcd then shares its fsyncs among them, as it does
+for concurrent clients); the value compare rejects any that arrive out of order, and those are
+sent again. Leases are real etcd leases with the same ids and etcd's longest TTL: kubefabric
+expires them itself, with the DELETE events its clients expect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+
+from kubefabric.etcdpb import kv_pb2, rpc_pb2, rpc_pb2_grpc
+from kubefabric.stores._base import (
+    Change,
+    HistoryUnavailable,
+    KeyValue,
+    RangeRows,
+    StoredState,
+    StoreUnavailable,
+    WriteBatch,
+)
+from kubefabric.stores._revisions import Mapped, RevisionMap, mapper_path
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Holds the kubefabric revision of the last transaction written (ASCII digits). Outside
+# Kubernetes' /registry/ tree, and hidden from kubefabric's clients.
+META_KEY = b"/kubefabric/revision"
+# etcd's default --max-txn-ops and --max-request-bytes, with room for the META_KEY put.
+MAX_TXN_OPS = 127
+MAX_TXN_BYTES = 1_400_000
+# etcd's MaxLeaseTTL: etcd must never expire a lease on its own.
+LEASE_TTL = 9_000_000_000
+RPC_TIMEOUT = 5.0
+# Changes of the latest writes kept in memory: etcd answers a history read only on its next
+# watcher sync (up to 100 ms later), far too slow for watchers that are just catching up.
+RECENT_CHANGES = 10_000
+PRUNE_SECONDS = 60.0
+_OUTAGE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+
+
+class EtcdEndpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EtcdOptions:
+    """Settings of etcd stores that an endpoint URL does not carry."""
+
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    mapper_endpoint: str = "sqlite://./db/revisions.db"
+    mapper_history: float = 4 * 3600.0
+    mapper_cache_capacity: int = 10000
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, bool]:
+    """`http://host:port` or `https://host:port` -> (gRPC target, TLS)."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https"):
+        raise EtcdEndpointError(f"etcd endpoint {endpoint!r} is not http:// or https://")
+    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.username:
+        raise EtcdEndpointError(
+            f"etcd endpoint {endpoint!r} must be http(s)://HOST:PORT (TLS files come from --etcd-cafile, "
+            "--etcd-certfile, --etcd-keyfile)"
+        )
+    try:
+        port = parts.port or 2379
+    except ValueError as error:
+        raise EtcdEndpointError(f"etcd endpoint {endpoint!r}: {error}") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{host}:{port}", parts.scheme == "https"
+
+
+def _in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
+    if end is None:
+        return key == start
+    return start <= key and (end == b"" or key < end)
+
+
+class EtcdStore:
+    """A Store on a real etcd, reached over its own v3 gRPC API."""
+
+    def __init__(self, endpoint: str, options: EtcdOptions | None = None) -> None:
+        self._endpoint = endpoint
+        self._target, self._tls = parse_endpoint(endpoint)
+        self._options = options or EtcdOptions()
+        self._mapper_path: Path = mapper_path(self._options.mapper_endpoint)
+        self._channel: grpc.aio.Channel | None = None
+        self._map: RevisionMap | None = None
+        self._meta_created = 0  # etcd revision that created META_KEY; 0 while it does not exist
+        self._pruner: asyncio.Task[None] | None = None
+        self._recent: deque[Change] = deque()  # the changes of revisions >= _recent_from, in order
+        self._recent_from = 0
+        self._granted: set[int] = set()  # leases known to exist in etcd
+
+    def __repr__(self) -> str:
+        return f"EtcdStore({self._endpoint!r})"
+
+    @property
+    def map(self) -> RevisionMap:
+        assert self._map is not None, "the store is not open"
+        return self._map
+
+    # -- connection --------------------------------------------------------------------------------
+
+    def _connect(self) -> grpc.aio.Channel:
+        options = [
+            ("grpc.max_receive_message_length", -1),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1_000),
+        ]
+        if not self._tls:
+            return grpc.aio.insecure_channel(self._target, options=options)
+        opts = self._options
+
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        credentials = grpc.ssl_channel_credentials(read(opts.cafile), read(opts.keyfile), read(opts.certfile))
+        return grpc.aio.secure_channel(self._target, credentials, options=options)
+
+    async def _call(self, method: Callable[..., Awaitable[T]], request: object) -> T:
+        """One RPC; a lost etcd becomes StoreUnavailable, compacted history HistoryUnavailable."""
+        try:
+            return await method(request, timeout=RPC_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error) from None
+
+    def _translate(self, error: grpc.aio.AioRpcError) -> Exception:
+        if error.code() in _OUTAGE_CODES:
+            return StoreUnavailable(f"etcd at {self._endpoint} is unavailable: {error.details()}")
+        if error.code() == grpc.StatusCode.OUT_OF_RANGE and "compacted" in (error.details() or ""):
+            return HistoryUnavailable(self.map.compact_revision)
+        return RuntimeError(f"etcd at {self._endpoint} refused a request: {error.details()}")
+
+    def _stubs(self) -> tuple[rpc_pb2_grpc.KVStub, rpc_pb2_grpc.LeaseStub]:
+        if self._channel is None:
+            raise StoreUnavailable(f"etcd store {self._endpoint} is not open")
+        return rpc_pb2_grpc.KVStub(self._channel), rpc_pb2_grpc.LeaseStub(self._channel)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def open(self) -> StoredState:
+        self._channel = self._connect()
+        status = await self._call(rpc_pb2_grpc.MaintenanceStub(self._channel).Status, rpc_pb2.StatusRequest())
+        cluster_id = status.header.cluster_id
+        self._map = RevisionMap(
+            self._mapper_path,
+            f"{cluster_id:016x}",
+            self._options.mapper_history,
+            self._options.mapper_cache_capacity,
+        )
+        await self._recover()
+        self._forget_recent()
+        leases = self.map.leases()
+        _, lease_stub = self._stubs()
+        in_etcd = await self._call(lease_stub.LeaseLeases, rpc_pb2.LeaseLeasesRequest())
+        leased_keys: list[tuple[int, bytes]] = []
+        # Beside other databases the map holds no leases, yet keys here may use some.
+        for lease_id in sorted(set(leases) | {lease.ID for lease in in_etcd.leases}):
+            answer = await self._call(
+                lease_stub.LeaseTimeToLive, rpc_pb2.LeaseTimeToLiveRequest(ID=lease_id, keys=True)
+            )
+            if answer.TTL == -1:  # granted in the map, lost by etcd: nothing can be attached to it yet
+                await self._grant([lease_id])
+            self._granted.add(lease_id)
+            leased_keys.extend((lease_id, key) for key in answer.keys)
+        self._pruner = asyncio.create_task(self._prune_forever(), name="revision-map-pruner")
+        return StoredState(
+            revision=self.map.revision,
+            compact_revision=self.map.compact_revision,
+            leases=leases,
+            leased_keys=leased_keys,
+            identity=cluster_id,
+        )
+
+    async def close(self) -> None:
+        if self._pruner is not None:
+            self._pruner.cancel()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+        if self._map is not None:
+            self._map.close()
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_SECONDS)
+            self.map.prune()
+
+    async def _recover(self) -> None:
+        """Bring the map up to what etcd holds: writes whose replies were lost, or a new etcd."""
+        kv, _ = self._stubs()
+        answer = await self._call(kv.Range, rpc_pb2.RangeRequest(key=META_KEY))
+        now = answer.header.revision
+        meta = answer.kvs[0] if answer.kvs else None
+        self._meta_created = meta.create_revision if meta else 0
+        mapper = self.map
+        if not mapper.known:
+            if meta is None:
+                log.info("etcd at %s: adopting its data as it is, at revision %d", self._endpoint, now)
+                mapper.start(base_etcd=now, base_offset=0, floor=0)
+            else:
+                self._restart_map(int(meta.value), now)
+            return
+        if meta is None or meta.mod_revision < mapper.head.etcd_last:
+            if mapper.head.etcd_last > mapper.base_etcd:
+                raise RuntimeError(
+                    f"etcd at {self._endpoint} is behind the revision map {self._mapper_path} "
+                    f"(etcd revision {now}, mapped up to {mapper.head.etcd_last}): was it restored from a backup? "
+                    "Move the map file aside to adopt the etcd as it is now."
+                )
+            return
+        if meta.mod_revision > mapper.head.etcd_last:
+            try:
+                await self._replay(mapper.head.etcd_last + 1, meta.mod_revision)
+            except HistoryUnavailable:
+                self._restart_map(int(meta.value), now)
+
+    def _forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_from = self.map.revision + 1
+
+    def _remember_recent(self, changes: list[Change]) -> None:
+        self._recent.extend(changes)
+        while len(self._recent) > RECENT_CHANGES:
+            # Whole revisions only, so that what is kept from _recent_from on is complete.
+            dropped = self._recent.popleft().kv.mod_revision
+            while self._recent and self._recent[0].kv.mod_revision == dropped:
+                self._recent.popleft()
+            self._recent_from = dropped + 1
+
+    def _restart_map(self, revision: int, etcd_now: int) -> None:
+        log.warning(
+            "etcd at %s: the revision map lacks its history; continuing from revision %d, earlier revisions "
+            "read as compacted",
+            self._endpoint,
+            revision,
+        )
+        self.map.start(base_etcd=etcd_now, base_offset=revision - etcd_now, floor=revision)
+
+    async def _replay(self, first: int, last: int) -> None:
+        """Map etcd revisions first..last, written by us but never recorded, from etcd's history."""
+        log.warning("etcd at %s: recovering revisions %d..%d into the revision map", self._endpoint, first, last)
+        events = await self._history(first, last)
+        written: list[Mapped] = []
+        pending_first = 0
+        changes: list[tuple[int, kv_pb2.Event]] = []  # (etcd revision, event) awaiting their kf revision
+        for revision, group in groupby(events, key=lambda event: event.kv.mod_revision):
+            group_events = list(group)
+            meta = next((e for e in group_events if e.kv.key == META_KEY), None)
+            pending_first = pending_first or revision
+            changes.extend((revision, e) for e in group_events if e.kv.key != META_KEY)
+            if meta is not None:
+                written.append(Mapped(int(meta.kv.value), pending_first, revision))
+                pending_first = 0
+        self.map.record(written, {}, {}, max(self.map.revision, written[-1].kf if written else 0))
+        refs: dict[int, int] = {}
+        released: dict[int, int] = {}
+        for _, event in changes:
+            kf = self.map.to_kf({event.kv.mod_revision})[event.kv.mod_revision]
+            prev = event.prev_kv if event.HasField("prev_kv") else None
+            if prev is not None:
+                prev_revisions = self.map.to_kf({prev.mod_revision, prev.create_revision})
+                _reference(refs, released, prev_revisions[prev.mod_revision], -1, kf)
+                if event.type == kv_pb2.Event.DELETE:
+                    _reference(refs, released, prev_revisions[prev.create_revision], -1, kf)
+            if event.type == kv_pb2.Event.PUT:
+                _reference(refs, released, kf, 2 if prev is None else 1, 0)
+        self.map.record([], refs, released, self.map.revision)
+
+    async def revision(self) -> int:
+        await self._recover()
+        self._forget_recent()
+        return self.map.revision
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    async def write(self, batch: WriteBatch) -> None:
+        mapper = self.map
+        # Beside other databases, this store never sees grants (the default keeps leases): a lease
+        # is granted here when a key first uses it.
+        used = {change.kv.lease for change in batch.changes if change.kv.lease}
+        await self._grant([lease_id for lease_id, _ in batch.granted_leases] + sorted(used - self._granted))
+        written: list[Mapped] = []
+        try:
+            await self._write_revisions(batch.changes, written)
+        except BaseException:
+            # What did reach etcd is recorded; the core learns the revision from `revision()`.
+            refs, released = _references(batch.changes, {m.kf for m in written})
+            mapper.record(written, refs, released, written[-1].kf if written else mapper.revision)
+            self._forget_recent()
+            raise
+        refs, released = _references(batch.changes, {m.kf for m in written})
+        mapper.record(written, refs, released, batch.revision)
+        self._remember_recent(batch.changes)
+        _, lease_stub = self._stubs()
+        for lease_id in batch.revoked_leases:
+            with contextlib.suppress(RuntimeError):  # already gone from etcd
+                await self._call(lease_stub.LeaseRevoke, rpc_pb2.LeaseRevokeRequest(ID=lease_id))
+            self._granted.discard(lease_id)
+        mapper.save_leases(batch.granted_leases, batch.revoked_leases)
+        if batch.compact_revision is not None:
+            mapper.set_compact_revision(batch.compact_revision)
+
+    async def _grant(self, lease_ids: list[int]) -> None:
+        _, lease_stub = self._stubs()
+        for lease_id in lease_ids:
+            with contextlib.suppress(RuntimeError):  # already exists: granted again within a batch
+                await self._call(lease_stub.LeaseGrant, rpc_pb2.LeaseGrantRequest(ID=lease_id, TTL=LEASE_TTL))
+            self._granted.add(lease_id)
+
+    async def _write_revisions(self, changes: list[Change], written: list[Mapped]) -> None:
+        """One etcd transaction per kubefabric revision (more if it is too big), in order."""
+        revisions = [(kf, list(group)) for kf, group in groupby(changes, key=lambda c: c.kv.mod_revision)]
+        index = 0
+        while index < len(revisions):
+            # Send every revision that fits one transaction at once, up to the next big one.
+            stop = index
+            while stop < len(revisions) and len(_parts(revisions[stop][1])) == 1:
+                stop += 1
+            if stop > index:
+                index += await self._send_together(revisions[index:stop], written)
+            else:
+                await self._send_parts(*revisions[index], written)
+                index += 1
+
+    def _previous(self) -> int | None:
+        """The kubefabric revision META_KEY holds now, None while it does not exist."""
+        return self.map.head.kf if self._meta_created else None
+
+    @staticmethod
+    def _txn(previous: int | None, kf: int, ops: list[rpc_pb2.RequestOp], last_part: bool) -> rpc_pb2.TxnRequest:
+        if previous is None:
+            compare = rpc_pb2.Compare(
+                key=META_KEY, target=rpc_pb2.Compare.CREATE, result=rpc_pb2.Compare.EQUAL, create_revision=0
+            )
+        else:
+            compare = rpc_pb2.Compare(
+                key=META_KEY, target=rpc_pb2.Compare.VALUE, result=rpc_pb2.Compare.EQUAL, value=str(previous).encode()
+            )
+        if last_part:
+            ops = [*ops, rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=META_KEY, value=str(kf).encode()))]
+        return rpc_pb2.TxnRequest(compare=[compare], success=ops)
+
+    async def _send_together(self, revisions: list[tuple[int, list[Change]]], written: list[Mapped]) -> int:
+        """Send consecutive one-transaction revisions concurrently; the number that were applied."""
+        kv, _ = self._stubs()
+        requests = []
+        previous = self._previous()
+        for kf, revision_changes in revisions:
+            requests.append(self._txn(previous, kf, _parts(revision_changes)[0], last_part=True))
+            previous = kf  # the next one must find this one's revision in META_KEY
+        results = await asyncio.gather(*(self._call(kv.Txn, r) for r in requests), return_exceptions=True)
+        applied = 0
+        for (kf, _), result in zip(revisions, results, strict=True):
+            if isinstance(result, BaseException):
+                raise result
+            if not result.succeeded:
+                break  # arrived before its predecessor: sent again by the caller
+            self._applied(Mapped(kf, result.header.revision, result.header.revision), written)
+            applied += 1
+        if applied == 0:
+            await self._check_fence()
+        return applied
+
+    async def _send_parts(self, kf: int, revision_changes: list[Change], written: list[Mapped]) -> None:
+        """A revision too big for one etcd transaction: its parts, one after another."""
+        kv, _ = self._stubs()
+        parts = _parts(revision_changes)
+        previous = self._previous()
+        first = 0
+        for number, ops in enumerate(parts):
+            result = await self._call(kv.Txn, self._txn(previous, kf, ops, last_part=number == len(parts) - 1))
+            if not result.succeeded:
+                await self._check_fence()
+                raise StoreUnavailable(f"etcd at {self._endpoint}: revision {kf} was refused")
+            first = first or result.header.revision
+        self._applied(Mapped(kf, first, result.header.revision), written)
+
+    def _applied(self, mapped: Mapped, written: list[Mapped]) -> None:
+        written.append(mapped)
+        self.map.head = mapped
+        self._meta_created = self._meta_created or mapped.etcd_last
+
+    async def _check_fence(self) -> None:
+        """A refused transaction: ours arriving out of order, or someone else writing our etcd."""
+        kv, _ = self._stubs()
+        answer = await self._call(kv.Range, rpc_pb2.RangeRequest(key=META_KEY))
+        previous = self._previous()
+        expected = None if previous is None else str(previous).encode()
+        found = answer.kvs[0].value if answer.kvs else None
+        if found != expected:
+            raise RuntimeError(
+                f"etcd at {self._endpoint} was written by another kubefabric (its revision key holds "
+                f"{found!r}, expected {expected!r}); refusing to write"
+            )
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _etcd_revision(self, revision: int) -> int:
+        """The etcd revision to read kubefabric revision `revision` at (0 or less: the latest)."""
+        if revision <= 0:
+            return self.map.head.etcd_last
+        if revision < self.map.floor:
+            raise HistoryUnavailable(self.map.floor)
+        return self.map.etcd_at(revision)
+
+    async def range(
+        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    ) -> RangeRows:
+        kv, _ = self._stubs()
+        head = self.map.revision
+        etcd_revision = self._etcd_revision(revision)
+        hides_meta = _in_range(META_KEY, start, end) and 0 < self._meta_created <= etcd_revision
+        answer = await self._call(
+            kv.Range,
+            rpc_pb2.RangeRequest(
+                key=start,
+                range_end=b"" if end is None else end or b"\0",
+                revision=etcd_revision,
+                limit=limit + 1 if limit and hides_meta else limit,
+                keys_only=keys_only,
+                count_only=count_only,
+            ),
+        )
+        found = [item for item in answer.kvs if item.key != META_KEY]
+        if limit:
+            found = found[:limit]
+        return RangeRows(self._translate_kvs(found), answer.count - hides_meta, head)
+
+    def _translate_kvs(self, found: list[kv_pb2.KeyValue]) -> list[KeyValue]:
+        kf = self.map.to_kf({r for item in found for r in (item.mod_revision, item.create_revision)})
+        return [
+            KeyValue(item.key, kf[item.create_revision], kf[item.mod_revision], item.version, item.value, item.lease)
+            for item in found
+        ]
+
+    async def latest(self, key: bytes) -> KeyValue | None:
+        rows = await self.range(key, None, 0, 0, False, False)
+        return rows.kvs[0] if rows.kvs else None
+
+    async def changes(self, after: int, until: int, limit: int) -> list[Change]:
+        if after + 1 < self.map.floor:
+            raise HistoryUnavailable(self.map.floor)
+        if after + 1 >= self._recent_from:
+            return self._recent_changes(after, until, limit)
+        # Every etcd revision but the first has events (only writes move it): a history read knows
+        # when it is done by seeing its last revision's events.
+        first, last = max(self.map.etcd_at(after) + 1, 2), self.map.etcd_at(until)
+        if first > last:
+            return []
+        events = await self._history(first, last, limit)
+        kf_of = self.map.to_kf(
+            {
+                revision
+                for event in events
+                for item in (event.kv, event.prev_kv)
+                for revision in (item.mod_revision, item.create_revision)
+                if revision
+            }
+        )
+        result: list[Change] = []
+        sub = 0
+        for event in events:
+            if event.kv.key == META_KEY:
+                continue
+            kf = kf_of[event.kv.mod_revision]
+            sub = sub + 1 if result and result[-1].kv.mod_revision == kf else 0
+            prev = event.prev_kv
+            if event.type == kv_pb2.Event.PUT:
+                kv = KeyValue(
+                    event.kv.key, kf_of[event.kv.create_revision], kf, event.kv.version, event.kv.value, event.kv.lease
+                )
+            else:
+                kv = KeyValue(event.kv.key, 0, kf, 0, b"", 0)
+            result.append(
+                Change(
+                    kv,
+                    sub,
+                    KeyValue(
+                        prev.key,
+                        kf_of[prev.create_revision],
+                        kf_of[prev.mod_revision],
+                        prev.version,
+                        prev.value,
+                        prev.lease,
+                    )
+                    if event.HasField("prev_kv")
+                    else None,
+                )
+            )
+        return result
+
+    def _recent_changes(self, after: int, until: int, limit: int) -> list[Change]:
+        found: list[Change] = []
+        for change in reversed(self._recent):  # the wanted ones are usually the last few
+            if change.kv.mod_revision <= after:
+                break
+            if change.kv.mod_revision <= until:
+                found.append(change)
+        found.reverse()
+        if limit and len(found) > limit:
+            cut = found[limit - 1].kv.mod_revision
+            found = [change for change in found if change.kv.mod_revision <= cut]
+        return found
+
+    async def _history(self, first: int, last: int, limit: int = 0) -> list[kv_pb2.Event]:
+        """etcd's events of revisions first..last (whole kubefabric revisions, about `limit` events)."""
+        if self._channel is None:
+            raise StoreUnavailable(f"etcd store {self._endpoint} is not open")
+        requests: asyncio.Queue[rpc_pb2.WatchRequest] = asyncio.Queue()
+        await requests.put(
+            rpc_pb2.WatchRequest(
+                create_request=rpc_pb2.WatchCreateRequest(
+                    key=b"\0", range_end=b"\0", start_revision=first, prev_kv=True
+                )
+            )
+        )
+
+        async def outgoing():  # type: ignore[no-untyped-def]
+            while True:
+                yield await requests.get()
+
+        stream = rpc_pb2_grpc.WatchStub(self._channel).Watch(outgoing())
+        events: list[kv_pb2.Event] = []
+        found = 0  # events other than META_KEY's
+        try:
+            async with asyncio.timeout(RPC_TIMEOUT):
+                async for answer in stream:
+                    if answer.compact_revision:
+                        raise HistoryUnavailable(self.map.compact_revision)
+                    if answer.canceled:
+                        raise RuntimeError(f"etcd at {self._endpoint} cancelled a history read: {answer.cancel_reason}")
+                    for event in answer.events:
+                        if event.kv.mod_revision > last:
+                            return events
+                        # Stop at the end of a kubefabric revision once `limit` client events are in.
+                        if limit and found >= limit and event.kv.mod_revision != events[-1].kv.mod_revision:
+                            if events[-1].kv.key == META_KEY or events[-1].kv.mod_revision <= self.map.base_etcd:
+                                return events
+                        events.append(event)
+                        found += event.kv.key != META_KEY
+                    if events and events[-1].kv.mod_revision >= last:
+                        return events
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error) from None
+        except TimeoutError:
+            raise StoreUnavailable(f"etcd at {self._endpoint} did not send history {first}..{last} in time") from None
+        finally:
+            stream.cancel()
+        raise StoreUnavailable(f"etcd at {self._endpoint} ended a history read early")
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        kv, _ = self._stubs()
+        with contextlib.suppress(HistoryUnavailable):  # etcd was compacted further already
+            await self._call(kv.Compact, rpc_pb2.CompactionRequest(revision=self.map.etcd_at(revision)))
+        self.map.prune()
+
+    async def size(self) -> int:
+        if self._channel is None:
+            raise StoreUnavailable(f"etcd store {self._endpoint} is not open")
+        status = await self._call(rpc_pb2_grpc.MaintenanceStub(self._channel).Status, rpc_pb2.StatusRequest())
+        return int(status.dbSize) + self._mapper_path.stat().st_size
+
+
+def _parts(changes: list[Change]) -> list[list[rpc_pb2.RequestOp]]:
+    """A revision's changes as etcd transaction op lists that etcd's default limits accept."""
+    parts: list[list[rpc_pb2.RequestOp]] = [[]]
+    size = 0
+    for change in changes:
+        kv = change.kv
+        if change.is_delete:
+            op = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=kv.key))
+        else:
+            op = rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=kv.key, value=kv.value, lease=kv.lease))
+        op_size = len(kv.key) + len(kv.value) + 16
+        if parts[-1] and (len(parts[-1]) >= MAX_TXN_OPS or size + op_size > MAX_TXN_BYTES):
+            parts.append([])
+            size = 0
+        parts[-1].append(op)
+        size += op_size
+    return parts
+
+
+def _reference(refs: dict[int, int], released: dict[int, int], kf: int, delta: int, at: int) -> None:
+    refs[kf] = refs.get(kf, 0) + delta
+    if delta < 0:
+        released[kf] = max(released.get(kf, 0), at)
+
+
+def _references(changes: list[Change], written: set[int]) -> tuple[dict[int, int], dict[int, int]]:
+    """How the written changes move the map rows' references (see _revisions)."""
+    refs: dict[int, int] = {}
+    released: dict[int, int] = {}
+    for kv, _, prev in changes:
+        if kv.mod_revision not in written:
+            continue
+        if prev is not None:
+            _reference(refs, released, prev.mod_revision, -1, kv.mod_revision)
+            if kv.version == 0:
+                _reference(refs, released, prev.create_revision, -1, kv.mod_revision)
+        if kv.version:
+            _reference(refs, released, kv.mod_revision, 2 if prev is None else 1, 0)
+    return refs, released
