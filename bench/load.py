@@ -162,8 +162,18 @@ async def updates(address: str, clients: ClientGroup, keys_per_client: int, wind
 
 
 async def put_keys(address: str, keys: Sequence[bytes], concurrency: int) -> None:
-    """Preload: VALUE under every key, PRELOAD_BATCH puts to a txn (far fewer round trips), concurrently."""
-    batches = [keys[start : start + PRELOAD_BATCH] for start in range(0, len(keys), PRELOAD_BATCH)]
+    """Preload: VALUE under every key, PRELOAD_BATCH puts to a txn (far fewer round trips), concurrently.
+
+    A txn holds keys of one namespace only: a topology may route namespaces to different databases.
+    """
+    namespaces: dict[bytes, list[bytes]] = {}
+    for key in keys:
+        namespaces.setdefault(key.rpartition(b"/")[0], []).append(key)
+    batches = [
+        group[start : start + PRELOAD_BATCH]
+        for group in namespaces.values()
+        for start in range(0, len(group), PRELOAD_BATCH)
+    ]
 
     async def put_each(kv: rpc_pb2_grpc.KVStub, stripe: Sequence[Sequence[bytes]]) -> None:
         for batch in stripe:

@@ -5,20 +5,38 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from tests._databases import mysql_drop_databases, mysql_endpoint, postgres_drop_databases, postgres_endpoint
+from tests._databases import mysql_drop_databases, postgres_drop_databases, postgres_endpoint
 from tests._servers import ServerProcess, start_etcd, start_kubefabric
+from tests._targets import STORE_ENDPOINTS
 
 REFERENCE = "etcd"
 
-# kubefabric targets by store name: each maps a fresh work directory to the server's --endpoint.
+# The benchmark's keys (/registry/bench/ns-N/...) split by namespace: even ones in PostgreSQL, the
+# rest in the default SQLite file, so lists and watches of the prefix span both.
+SPREAD_TOPOLOGY = """\
+backends:
+- name: even-namespaces
+  endpoint: {postgres}
+  regexp:
+    prefix: bench/
+    key: bench/ns-[0-9]*[02468]/
+"""
+
+
+def spread_store(workdir: Path) -> tuple[str, list[ServerProcess]]:
+    (workdir / "topology.yaml").write_text(SPREAD_TOPOLOGY.format(postgres=postgres_endpoint()))
+    return f"multi://sqlite://{workdir}/state.db", []
+
+
 # Database servers are the local ones; each run gets fresh databases, dropped by `clean_up`.
-KUBEFABRIC_ENDPOINTS: dict[str, Callable[[Path], str]] = {
-    "sqlite": lambda workdir: f"sqlite://{workdir}/state.db",
-    "postgres": lambda workdir: postgres_endpoint(),
-    "mysql": lambda workdir: mysql_endpoint(),
+# `multi` routes the benchmark's keys to its default SQLite file through the full test topology:
+# beside `sqlite` it shows what routing costs.
+KUBEFABRIC_STORES: dict[str, Callable[[Path], tuple[str, list[ServerProcess]]]] = {
+    **STORE_ENDPOINTS,
+    "multi-spread": spread_store,
 }
 
-TARGETS = [REFERENCE, *KUBEFABRIC_ENDPOINTS]
+TARGETS = [REFERENCE, *KUBEFABRIC_STORES]
 
 
 def start_target(target: str, workdir: Path) -> ServerProcess:
@@ -26,7 +44,10 @@ def start_target(target: str, workdir: Path) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     if target == REFERENCE:
         return start_etcd(workdir)
-    return start_kubefabric(workdir, KUBEFABRIC_ENDPOINTS[target](workdir))
+    endpoint, companions = KUBEFABRIC_STORES[target](workdir)
+    server = start_kubefabric(workdir, endpoint)
+    server.companions = companions
+    return server
 
 
 def clean_up() -> None:

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import Message
-from hypothesis import settings
+from hypothesis import assume, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule, run_state_machine_as_test
 
@@ -211,11 +212,35 @@ def request_ops(draw: st.DrawFn, moment: Moment, nesting: int) -> rpc_pb2.Reques
 def txn_requests(draw: st.DrawFn, moment: Moment, nesting: int) -> rpc_pb2.TxnRequest:
     """Transactions nested up to nesting levels deep. Putting one key twice, or putting and deleting it,
     in one branch is frequent with so few keys: etcd refuses those, and so must the subject."""
-    return rpc_pb2.TxnRequest(
+    txn = rpc_pb2.TxnRequest(
         compare=draw(st.lists(compares(moment), max_size=3)),
         success=draw(st.lists(request_ops(moment, nesting), max_size=3)),
         failure=draw(st.lists(request_ops(moment, nesting), max_size=3)),
     )
+    assume(not writes_a_key_twice(txn))
+    return txn
+
+
+def writes_a_key_twice(txn: rpc_pb2.TxnRequest) -> bool:
+    """A put and a "from key on" delete of the same key in one txn: etcd's overlap check misses the
+    open end, so it accepts that txn and records two events of one key at one revision, which
+    kubefabric's one-version-per-key-and-revision history cannot hold (a known difference)."""
+    puts: list[bytes] = []
+    open_deletes: list[bytes] = []
+
+    def collect(ops: Iterable[rpc_pb2.RequestOp]) -> None:
+        for op in ops:
+            if op.HasField("request_put"):
+                puts.append(op.request_put.key)
+            elif op.HasField("request_delete_range") and op.request_delete_range.range_end == b"\0":
+                open_deletes.append(op.request_delete_range.key)
+            elif op.HasField("request_txn"):
+                collect(op.request_txn.success)
+                collect(op.request_txn.failure)
+
+    collect(txn.success)
+    collect(txn.failure)
+    return any(put >= start for put in puts for start in open_deletes)
 
 
 @st.composite

@@ -1,5 +1,5 @@
 """A running multi:// kubefabric over every kind of database, and what each database holds when
-read directly, past kubefabric (tests.conftest.MULTI_TOPOLOGY: rbac in a real etcd, kube-system in
+read directly, past kubefabric (multi_store's MULTI_TOPOLOGY: rbac in a real etcd, kube-system in
 MariaDB, pods in PostgreSQL, stable.example.com/shirts in a SQLite file, the rest in the default
 SQLite file)."""
 
@@ -146,3 +146,66 @@ def _etcd_keys(endpoint: str) -> set[bytes]:
         kv = rpc_pb2_grpc.KVStub(channel)
         response = kv.Range(rpc_pb2.RangeRequest(key=b"\0", range_end=b"\0", keys_only=True), timeout=10)
     return {item.key for item in response.kvs} - {ETCD_META_KEY}
+
+
+class MariadbRevisionLock:
+    """Another session holding the row lock on the `revision` row of a kubefabric database's meta
+    table: kubefabric's reads (consistent snapshots) go on, but every commit to that database waits,
+    as it would on a hung database server, until the lock is released or the waiting connection dies."""
+
+    def __init__(self, endpoint: str) -> None:
+        parts = _MYSQL.fullmatch(endpoint)
+        assert parts is not None, endpoint
+        self._parts = parts
+        self._loop = asyncio.new_event_loop()
+        self._connection: asyncmy.Connection | None = None
+
+    def __enter__(self) -> MariadbRevisionLock:
+        async def lock() -> asyncmy.Connection:
+            parts = self._parts
+            connection = await asyncmy.connect(
+                host=parts["host"],
+                port=int(parts["port"]),
+                user=parts["user"],
+                password=parts["password"],
+                database=parts["db"],
+                autocommit=False,
+                connect_timeout=10,
+            )
+            async with connection.cursor() as cursor:
+                await cursor.execute("START TRANSACTION")
+                await cursor.execute("SELECT value FROM meta WHERE name = 'revision' FOR UPDATE")
+            return connection
+
+        self._connection = self._loop.run_until_complete(lock())
+        return self
+
+    def _query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+        async def query() -> list[tuple[object, ...]]:
+            assert self._connection is not None
+            async with self._connection.cursor() as cursor:
+                await cursor.execute(sql, args or None)
+                return list(await cursor.fetchall())
+
+        return self._loop.run_until_complete(query())
+
+    def waiting(self) -> list[int]:
+        """The ids of kubefabric's connections waiting for the lock to commit."""
+        rows = self._query(
+            "SELECT id FROM information_schema.processlist WHERE db = %s AND info LIKE 'UPDATE meta%%'",
+            (self._parts["db"],),
+        )
+        return [int(str(row[0])) for row in rows]
+
+    def kill_waiting(self) -> None:
+        """The waiting connections die, as when the database server goes away under them."""
+        for connection_id in self.waiting():
+            self._query(f"KILL {connection_id}")
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._connection is not None:
+                self._query("ROLLBACK")
+                self._loop.run_until_complete(self._connection.ensure_closed())
+        finally:
+            self._loop.close()

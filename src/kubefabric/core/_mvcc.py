@@ -104,6 +104,7 @@ class Mvcc:
         self._background: set[asyncio.Task[None]] = set()
         self._resync_needed = False
         self._failure: Exception | None = None  # why the last commit failed
+        self._failures = 0  # failed commits so far
         # The backend of a key, when keys live in several databases: one transaction writes one.
         self.backend_of: Callable[[bytes], str] | None = None
 
@@ -182,12 +183,13 @@ class Mvcc:
             if drain_first:
                 await self.drain()
             txn = _Txn(self, _PendingReader(self), self.revision)
+            failures = self._failures
             result = await evaluate(txn)
             if self.backend_of is not None and txn.changes and not revoked_leases:
                 backends = sorted({self.backend_of(change.kv.key) for change in txn.changes})
                 if len(backends) > 1:
                     raise CrossBackendTxn(backends)
-            if self._resync_needed:
+            if self._failures != failures and self._depends_on_failure(txn.changes):
                 # A commit failed while this write was evaluated, perhaps on top of it: drop this one too.
                 raise StoreUnavailable(f"an earlier write this one depended on failed: {self._failure}")
             if txn.changes or revoked_leases:
@@ -312,11 +314,19 @@ class Mvcc:
             if self._pending.get(change.kv.key, (0, None))[0] == commit.revision:
                 del self._pending[change.kv.key]
 
+    def _depends_on_failure(self, changes: list[Change]) -> bool:
+        """Whether a write evaluated while the last commit failed may rest on what failed."""
+        if isinstance(self._failure, PartialWriteFailure):
+            return any(self._failure.failed(change.kv.key) for change in changes)
+        return True
+
     def _fail_partly(self, commits: list[Commit], error: PartialWriteFailure) -> None:
         """One database of several failed: fail the writes it holds and those queued on top of them;
         the rest are durable. Their revisions stay used (a gap clients never see)."""
         log.error("commit of revision %d failed in part: %s", commits[-1].revision or self.revision, error)
         COMMIT_FAILURES.inc()
+        self._failure = error
+        self._failures += 1
 
         def hit(commit: Commit) -> bool:
             if any(error.failed(change.kv.key) for change in commit.changes):
@@ -349,6 +359,7 @@ class Mvcc:
         self.revision = self.durable_revision
         self._resync_needed = True
         self._failure = error
+        self._failures += 1
         for commit in failed:
             if not commit.done.done():
                 commit.done.set_exception(error)

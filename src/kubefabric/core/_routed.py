@@ -150,11 +150,8 @@ class RoutedStore:
             self._revision = batch.revision
             return
         message = "; ".join(f"backend {name!r}: {error}" for name, error in failed.items())
-        if len(failed) == len(names):
-            if all(isinstance(error, StoreUnavailable) for error in failed.values()):
-                raise StoreUnavailable(message)
-            raise RuntimeError(message)
-        self._revision = batch.revision
+        if len(failed) < len(names):
+            self._revision = batch.revision
         route = self.topology.route
         raise PartialWriteFailure(
             message,
@@ -195,7 +192,16 @@ class RoutedStore:
         return await self._on(self.topology.route(key).name, lambda store: store.latest(key))
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
-        answers = await self._on_all(list(self._stores), lambda store: store.changes(after, until, limit))
+        return await self._merged_changes(list(self._stores), after, until, limit)
+
+    async def changes_within(self, start: bytes, end: bytes | None, after: int, until: int, limit: int) -> list[Change]:
+        """Like `changes`, read only from the backends that may hold keys in [start, end) (a watch
+        of healthy backends' keys replays its history while another database is down)."""
+        names = [backend.name for backend in self._backends_for(start, end)]
+        return await self._merged_changes(names, after, until, limit)
+
+    async def _merged_changes(self, names: list[str], after: int, until: int, limit: int) -> list[Change]:
+        answers = await self._on_all(names, lambda store: store.changes(after, until, limit))
         # A backend that filled its page may have more after its last revision: stop there.
         cut = min((answer[-1].kv.mod_revision for answer in answers if limit and len(answer) >= limit), default=until)
         merged = heapq.merge(*answers, key=lambda change: (change.kv.mod_revision, change.sub))
@@ -211,7 +217,9 @@ class RoutedStore:
                 log.warning("backend %r: compaction to %d failed, tried again next time: %s", name, revision, result)
 
     async def size(self) -> int:
-        return sum(await self._on_all(list(self._stores), lambda store: store.size()))
+        """The backends' total; one that is down counts as empty, so Status keeps answering."""
+        sizes = await asyncio.gather(*(store.size() for store in self._stores.values()), return_exceptions=True)
+        return sum(size for size in sizes if isinstance(size, int))
 
 
 def _modified(path: str) -> tuple[float, int] | None:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from kubefabric.core._mvcc import Commit, Mvcc
 from kubefabric.core._ops import in_range
+from kubefabric.core._routed import RoutedStore
 from kubefabric.stores import Change, HistoryUnavailable, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class Watcher:
             return WatchBatch([], hub.revision, compact_revision=hub.compact_revision)
         until = hub.revision
         try:
-            changes = await hub.mvcc.store.changes(self.next_revision - 1, until, PAGE_SIZE)
+            changes = await hub.read_changes(self.key, self.end, self.next_revision - 1, until, PAGE_SIZE)
         except HistoryUnavailable as error:
             # The store no longer keeps that far back, which retrying will not change: it reads as compacted.
             return WatchBatch([], hub.revision, compact_revision=max(error.floor, hub.compact_revision))
@@ -180,6 +181,13 @@ class WatchHub:
 
     def __init__(self, mvcc: Mvcc) -> None:
         self.mvcc = mvcc
+        store = mvcc.store
+        # Over several databases, a watcher reads history only from those that may hold its keys.
+        self.read_changes: Callable[[bytes, bytes | None, int, int, int], Awaitable[list[Change]]] = (
+            store.changes_within
+            if isinstance(store, RoutedStore)
+            else lambda start, end, after, until, limit: store.changes(after, until, limit)
+        )
         self._watchers: set[Watcher] = set()
         self._history_failing = False  # watchers are retrying failed history reads; logged once per outage
         mvcc.on_commit(self._publish)
