@@ -31,8 +31,9 @@ def spread_store(workdir: Path) -> tuple[str, list[ServerProcess]]:
 # Database servers are the local ones; each run gets fresh databases, dropped by `clean_up`.
 # `multi` routes the benchmark's keys to its default SQLite file through the full test topology:
 # beside `sqlite` it shows what routing costs.
+# `etcd-store` is kubefabric keeping its data in a real etcd (REFERENCE is etcd used directly).
 KUBEFABRIC_STORES: dict[str, Callable[[Path], tuple[str, list[ServerProcess]]]] = {
-    **STORE_ENDPOINTS,
+    **{("etcd-store" if name == "etcd" else name): store for name, store in STORE_ENDPOINTS.items()},
     "multi-spread": spread_store,
 }
 

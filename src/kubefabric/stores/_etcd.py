@@ -2,14 +2,12 @@
 
 Each kubefabric revision becomes one etcd transaction that also puts the revision into META_KEY,
 guarded by a compare on META_KEY's previous value. That one key makes the store safe and
-recoverable: etcd applies our transactions only in order, a foreign writer is detected instead of
-silently interleaved, and after a crash or a lost reply the revision map is rebuilt from etcd's
-own history (every transaction we wrote carries its kubefabric revision).
+recoverable: a foreign writer is detected instead of silently interleaved, and after a crash or a
+lost reply the revision map is rebuilt from etcd's own history (every transaction we wrote carries
+its kubefabric revision).
 
-Transactions of one batch are sent together (etcd then shares its fsyncs among them, as it does
-for concurrent clients); the value compare rejects any that arrive out of order, and those are
-sent again. Leases are real etcd leases with the same ids and etcd's longest TTL: kubefabric
-expires them itself, with the DELETE events its clients expect.
+Leases are real etcd leases with the same ids and etcd's longest TTL: kubefabric expires them
+itself, with the DELETE events its clients expect.
 """
 
 from __future__ import annotations
@@ -334,19 +332,12 @@ class EtcdStore:
             self._granted.add(lease_id)
 
     async def _write_revisions(self, changes: list[Change], written: list[Mapped]) -> None:
-        """One etcd transaction per kubefabric revision (more if it is too big), in order."""
-        revisions = [(kf, list(group)) for kf, group in groupby(changes, key=lambda c: c.kv.mod_revision)]
-        index = 0
-        while index < len(revisions):
-            # Send every revision that fits one transaction at once, up to the next big one.
-            stop = index
-            while stop < len(revisions) and len(_parts(revisions[stop][1])) == 1:
-                stop += 1
-            if stop > index:
-                index += await self._send_together(revisions[index:stop], written)
-            else:
-                await self._send_parts(*revisions[index], written)
-                index += 1
+        """One etcd transaction per kubefabric revision (more if it is too big), one after another:
+        etcd reorders concurrent requests (a third of a batch sent at once arrived out of order, which
+        made it slower than one at a time), and
+        each revision must be its own etcd revision, so that reads and watches at it can be served."""
+        for kf, revision_changes in groupby(changes, key=lambda change: change.kv.mod_revision):
+            await self._send(kf, list(revision_changes), written)
 
     def _previous(self) -> int | None:
         """The kubefabric revision META_KEY holds now, None while it does not exist."""
@@ -366,29 +357,8 @@ class EtcdStore:
             ops = [*ops, rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=META_KEY, value=str(kf).encode()))]
         return rpc_pb2.TxnRequest(compare=[compare], success=ops)
 
-    async def _send_together(self, revisions: list[tuple[int, list[Change]]], written: list[Mapped]) -> int:
-        """Send consecutive one-transaction revisions concurrently; the number that were applied."""
-        kv, _ = self._stubs()
-        requests = []
-        previous = self._previous()
-        for kf, revision_changes in revisions:
-            requests.append(self._txn(previous, kf, _parts(revision_changes)[0], last_part=True))
-            previous = kf  # the next one must find this one's revision in META_KEY
-        results = await asyncio.gather(*(self._call(kv.Txn, r) for r in requests), return_exceptions=True)
-        applied = 0
-        for (kf, _), result in zip(revisions, results, strict=True):
-            if isinstance(result, BaseException):
-                raise result
-            if not result.succeeded:
-                break  # arrived before its predecessor: sent again by the caller
-            self._applied(Mapped(kf, result.header.revision, result.header.revision), written)
-            applied += 1
-        if applied == 0:
-            await self._check_fence()
-        return applied
-
-    async def _send_parts(self, kf: int, revision_changes: list[Change], written: list[Mapped]) -> None:
-        """A revision too big for one etcd transaction: its parts, one after another."""
+    async def _send(self, kf: int, revision_changes: list[Change], written: list[Mapped]) -> None:
+        """One revision; one too big for one etcd transaction goes as several, META_KEY in the last."""
         kv, _ = self._stubs()
         parts = _parts(revision_changes)
         previous = self._previous()
@@ -407,7 +377,7 @@ class EtcdStore:
         self._meta_created = self._meta_created or mapped.etcd_last
 
     async def _check_fence(self) -> None:
-        """A refused transaction: ours arriving out of order, or someone else writing our etcd."""
+        """A refused transaction: someone else writes our etcd (or restored it from a backup)."""
         kv, _ = self._stubs()
         answer = await self._call(kv.Range, rpc_pb2.RangeRequest(key=META_KEY))
         previous = self._previous()
