@@ -131,29 +131,44 @@ def _retrying_port_clashes(start: Callable[[], ServerProcess]) -> ServerProcess:
     raise AssertionError("unreachable")
 
 
-def start_etcd(workdir: Path) -> ServerProcess:
-    """A fresh single-member etcd with an empty data directory."""
-    return _retrying_port_clashes(lambda: _start_etcd(workdir))
+def start_etcd(workdir: Path, tls: EtcdTls | None = None) -> ServerProcess:
+    """A fresh single-member etcd with an empty data directory; with `tls`, clients need a certificate."""
+    return _retrying_port_clashes(lambda: _start_etcd(workdir, tls))
 
 
-def _start_etcd(workdir: Path) -> ServerProcess:
+@dataclass(frozen=True)
+class EtcdTls:
+    cert: Path
+    key: Path
+    trusted_ca: Path
+    credentials: grpc.ChannelCredentials  # what the test's own client presents
+
+
+def _start_etcd(workdir: Path, tls: EtcdTls | None) -> ServerProcess:
     client_port, peer_port = free_port(), free_port()
     address = f"127.0.0.1:{client_port}"
+    scheme = "http" if tls is None else "https"
     data_dir = workdir / f"etcd-data-{client_port}"  # a retry on new ports starts from scratch
     command = [
         etcd_binary(),
         "--name", "oracle",
         "--data-dir", str(data_dir),
-        "--listen-client-urls", f"http://{address}",
-        "--advertise-client-urls", f"http://{address}",
+        "--listen-client-urls", f"{scheme}://{address}",
+        "--advertise-client-urls", f"{scheme}://{address}",
         "--listen-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer_port}",
         "--initial-cluster", f"oracle=http://127.0.0.1:{peer_port}",
         "--log-level", "error",
     ]  # fmt: skip
+    if tls is not None:
+        command += [
+            "--cert-file", str(tls.cert), "--key-file", str(tls.key),
+            "--client-cert-auth", "--trusted-ca-file", str(tls.trusted_ca),
+        ]  # fmt: skip
     # Debian's etcd 3.4 refuses to start on arm64 without this; harmless elsewhere.
     env = {"ETCD_UNSUPPORTED_ARCH": os.uname().machine.replace("aarch64", "arm64").replace("x86_64", "amd64")}
-    return ServerProcess(command, address, workdir / "etcd.log", env).start()
+    credentials = None if tls is None else tls.credentials
+    return ServerProcess(command, address, workdir / "etcd.log", env, credentials).start()
 
 
 def kubefabric_command(address: str, endpoint: str, *extra: str) -> list[str]:

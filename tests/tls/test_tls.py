@@ -24,7 +24,15 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from kubefabric.etcdpb import rpc_pb2
 from tests._client import Etcd
-from tests._servers import REPO_ROOT, ServerProcess, free_port, kubefabric_command
+from tests._servers import (
+    REPO_ROOT,
+    EtcdTls,
+    ServerProcess,
+    free_port,
+    kubefabric_command,
+    start_etcd,
+    start_kubefabric,
+)
 
 STARTUP_TIMEOUT = 30.0
 ETCDCTL_TIMEOUT = 20.0
@@ -312,3 +320,43 @@ def test_an_unusable_tls_file_stops_start_up_naming_it(pki: Pki, tmp_path: Path,
 
     assert result.returncode == 1, result.stderr
     assert str(named) in result.stderr, result.stderr
+
+
+def test_an_https_etcd_store_is_reached_with_the_etcd_flags(pki: Pki, tmp_path: Path) -> None:
+    """kubefabric keeps its data in an etcd that requires TLS and client certificates."""
+    (tmp_path / "store").mkdir()
+    store = start_etcd(
+        tmp_path / "store", EtcdTls(pki.server.cert, pki.server.key, pki.ca, tls_credentials(pki, pki.client))
+    )
+    try:
+        flags = ["--etcd-cafile", pki.ca, "--etcd-certfile", pki.client.cert, "--etcd-keyfile", pki.client.key]
+        server = start_kubefabric(tmp_path, f"https://{store.address}", *map(str, flags))
+        try:
+            with Etcd(server.channel()) as kubefabric:
+                written = kubefabric.put(b"/registry/configmaps/default/tls", b"over TLS").header.revision
+                [kv] = kubefabric.get(b"/registry/configmaps/default/tls").kvs
+                assert (kv.value, kv.mod_revision) == (b"over TLS", written)
+        finally:
+            server.stop()
+        with Etcd(store.channel()) as etcd:
+            [stored] = etcd.get(b"/registry/configmaps/default/tls").kvs
+            assert stored.value == b"over TLS"  # stored natively in the etcd
+    finally:
+        store.stop()
+
+
+def test_an_https_etcd_store_without_the_client_certificate_stops_start_up(pki: Pki, tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    store = start_etcd(
+        tmp_path / "store", EtcdTls(pki.server.cert, pki.server.key, pki.ca, tls_credentials(pki, pki.client))
+    )
+    try:
+        result = run_kubefabric(
+            tmp_path,
+            *("--endpoint", f"https://{store.address}", "--etcd-cafile", pki.ca),
+            *("--revision-mapper-endpoint", f"sqlite://{tmp_path}/revisions.db"),
+        )
+        assert result.returncode == 1, result.stderr
+        assert f"cannot open store https://{store.address}" in result.stderr, result.stderr
+    finally:
+        store.stop()

@@ -48,7 +48,8 @@ MAX_TXN_OPS = 127
 MAX_TXN_BYTES = 1_400_000
 # etcd's MaxLeaseTTL: etcd must never expire a lease on its own.
 LEASE_TTL = 9_000_000_000
-RPC_TIMEOUT = 5.0
+# Generous: a loaded etcd may take seconds to fsync, and a timed-out write fails the client.
+RPC_TIMEOUT = 10.0
 # Changes of the latest writes kept in memory: etcd answers a history read only on its next
 # watcher sync (up to 100 ms later), far too slow for watchers that are just catching up.
 RECENT_CHANGES = 10_000
