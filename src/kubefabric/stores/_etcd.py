@@ -561,10 +561,17 @@ class EtcdStore:
 
 
 def _parts(changes: list[Change]) -> list[list[rpc_pb2.RequestOp]]:
-    """A revision's changes as etcd transaction op lists that etcd's default limits accept."""
+    """A revision's changes as etcd transaction op lists that etcd's default limits accept.
+
+    A key written twice in one revision (nested txns may put it, then delete it) is written once,
+    in its final state: etcd refuses a transaction that names one key twice.
+    """
+    final = {change.kv.key: change for change in changes}
     parts: list[list[rpc_pb2.RequestOp]] = [[]]
     size = 0
     for change in changes:
+        if final[change.kv.key] is not change:
+            continue
         kv = change.kv
         if change.is_delete:
             op = rpc_pb2.RequestOp(request_delete_range=rpc_pb2.DeleteRangeRequest(key=kv.key))
