@@ -50,11 +50,7 @@ async def serve(settings: Settings) -> int:
 
     follower = None
     if isinstance(core.store, RoutedStore) and settings.topology_config:
-        options = etcd_options(settings)
-        follower = asyncio.create_task(
-            core.store.follow(settings.topology_config, lambda endpoint: open_store(endpoint, options)),
-            name="topology-follower",
-        )
+        follower = asyncio.create_task(core.store.follow(settings.topology_config), name="topology-follower")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -84,11 +80,7 @@ def _open_store(settings: Settings) -> Store:
             topology = Topology.parse("backends: []", default, "(no --topology-config)")
     except TopologyError as error:
         raise StartupError(f"--topology-config: {error}") from None
-    stores: dict[str, Store] = {}
-    for backend in topology.backends:
-        log.info("backend %r (%s) at %s", backend.name, backend.rule, redact(backend.endpoint))
-        stores[backend.name] = open_store(backend.endpoint, options)
-    return RoutedStore(topology, stores)
+    return RoutedStore(topology, lambda endpoint: open_store(endpoint, options))
 
 
 async def _open_core(settings: Settings) -> Core:

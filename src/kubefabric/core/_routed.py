@@ -39,9 +39,14 @@ T = TypeVar("T")
 class RoutedStore:
     """A Store over several stores, each holding the keys the topology routes to it."""
 
-    def __init__(self, topology: Topology, stores: dict[str, Store]) -> None:
+    def __init__(self, topology: Topology, make_store: Callable[[str], Store]) -> None:
+        """`make_store` turns an endpoint into its (unopened) store, for start-up and appended rules."""
         self.topology = topology
-        self._stores = stores
+        self._make_store = make_store
+        self._stores: dict[str, Store] = {}
+        for backend in topology.backends:
+            log.info("backend %r (%s) at %s", backend.name, backend.rule, redact(backend.endpoint))
+            self._stores[backend.name] = make_store(backend.endpoint)
         self._default = topology.backends[-1].name
         self._revision = 0  # revision of the last durable batch, in every backend's terms
 
@@ -94,7 +99,7 @@ class RoutedStore:
     def backend_of(self, key: bytes) -> str:
         return self.topology.route(key).name
 
-    async def follow(self, path: str, make_store: Callable[[str], Store], interval: float = 2.0) -> None:
+    async def follow(self, path: str, interval: float = 2.0) -> None:
         """Apply rules appended to the topology file while running; refuse any other change."""
         seen = _modified(path)
         while True:
@@ -110,7 +115,7 @@ class RoutedStore:
                 continue
             added = [backend for backend in newer.backends if backend.name not in self._stores]
             try:
-                stores = {backend.name: make_store(backend.endpoint) for backend in added}
+                stores = {backend.name: self._make_store(backend.endpoint) for backend in added}
                 for name, store in stores.items():
                     await store.open()
                     log.info("backend %r opened", name)

@@ -262,34 +262,21 @@ class EtcdStore:
         self.map.start(base_etcd=etcd_now, base_offset=revision - etcd_now, floor=revision)
 
     async def _replay(self, first: int, last: int) -> None:
-        """Map etcd revisions first..last, written by us but never recorded, from etcd's history."""
+        """Map etcd revisions first..last, written by us but never recorded, from etcd's history.
+        `last` is META_KEY's latest revision, so every part read belongs to a recorded revision."""
         log.warning("etcd at %s: recovering revisions %d..%d into the revision map", self._endpoint, first, last)
         events = await self._history(first, last)
         written: list[Mapped] = []
-        pending_first = 0
-        changes: list[tuple[int, kv_pb2.Event]] = []  # (etcd revision, event) awaiting their kf revision
+        part_of_next = 0  # first etcd revision of a kubefabric revision whose META_KEY put is still ahead
         for revision, group in groupby(events, key=lambda event: event.kv.mod_revision):
-            group_events = list(group)
-            meta = next((e for e in group_events if e.kv.key == META_KEY), None)
-            pending_first = pending_first or revision
-            changes.extend((revision, e) for e in group_events if e.kv.key != META_KEY)
+            part_of_next = part_of_next or revision
+            meta = next((event for event in group if event.kv.key == META_KEY), None)
             if meta is not None:
-                written.append(Mapped(int(meta.kv.value), pending_first, revision))
-                pending_first = 0
+                written.append(Mapped(int(meta.kv.value), part_of_next, revision))
+                part_of_next = 0
         self.map.record(written, {}, {}, max(self.map.revision, written[-1].kf if written else 0))
-        refs: dict[int, int] = {}
-        released: dict[int, int] = {}
-        for _, event in changes:
-            kf = self.map.to_kf({event.kv.mod_revision})[event.kv.mod_revision]
-            prev = event.prev_kv if event.HasField("prev_kv") else None
-            if prev is not None:
-                prev_revisions = self.map.to_kf({prev.mod_revision, prev.create_revision})
-                _reference(refs, released, prev_revisions[prev.mod_revision], -1, kf)
-                if event.type == kv_pb2.Event.DELETE:
-                    _reference(refs, released, prev_revisions[prev.create_revision], -1, kf)
-            if event.type == kv_pb2.Event.PUT:
-                _reference(refs, released, kf, 2 if prev is None else 1, 0)
-        self.map.record([], refs, released, self.map.revision)
+        # Now that their revisions translate, the events count like writes do.
+        self._record(self._changes_of(events), written, self.map.revision)
 
     async def revision(self) -> int:
         await self._recover()
@@ -309,12 +296,10 @@ class EtcdStore:
             await self._write_revisions(batch.changes, written)
         except BaseException:
             # What did reach etcd is recorded; the core learns the revision from `revision()`.
-            refs, released = _references(batch.changes, {m.kf for m in written})
-            mapper.record(written, refs, released, written[-1].kf if written else mapper.revision)
+            self._record(batch.changes, written, written[-1].kf if written else mapper.revision)
             self._forget_recent()
             raise
-        refs, released = _references(batch.changes, {m.kf for m in written})
-        mapper.record(written, refs, released, batch.revision)
+        self._record(batch.changes, written, batch.revision)
         self._remember_recent(batch.changes)
         _, lease_stub = self._stubs()
         for lease_id in batch.revoked_leases:
@@ -324,6 +309,11 @@ class EtcdStore:
         mapper.save_leases(batch.granted_leases, batch.revoked_leases)
         if batch.compact_revision is not None:
             mapper.set_compact_revision(batch.compact_revision)
+
+    def _record(self, changes: list[Change], written: list[Mapped], revision: int) -> None:
+        """Persist the written revisions and how their changes move the map rows' references."""
+        refs, released = _references(changes, {mapped.kf for mapped in written})
+        self.map.record(written, refs, released, revision)
 
     async def _grant(self, lease_ids: list[int]) -> None:
         _, lease_stub = self._stubs()
@@ -424,11 +414,8 @@ class EtcdStore:
         return RangeRows(self._translate_kvs(found), answer.count - hides_meta, head)
 
     def _translate_kvs(self, found: list[kv_pb2.KeyValue]) -> list[KeyValue]:
-        kf = self.map.to_kf({r for item in found for r in (item.mod_revision, item.create_revision)})
-        return [
-            KeyValue(item.key, kf[item.create_revision], kf[item.mod_revision], item.version, item.value, item.lease)
-            for item in found
-        ]
+        kf_of = self.map.to_kf({r for item in found for r in (item.mod_revision, item.create_revision)})
+        return [_key_value(item, kf_of) for item in found]
 
     async def latest(self, key: bytes) -> KeyValue | None:
         rows = await self.range(key, None, 0, 0, False, False)
@@ -444,7 +431,10 @@ class EtcdStore:
         first, last = max(self.map.etcd_at(after) + 1, 2), self.map.etcd_at(until)
         if first > last:
             return []
-        events = await self._history(first, last, limit)
+        return self._changes_of(await self._history(first, last, limit))
+
+    def _changes_of(self, events: list[kv_pb2.Event]) -> list[Change]:
+        """etcd's events as changes in kubefabric revisions, without META_KEY's."""
         kf_of = self.map.to_kf(
             {
                 revision
@@ -454,37 +444,18 @@ class EtcdStore:
                 if revision
             }
         )
-        result: list[Change] = []
-        sub = 0
+        changes: list[Change] = []
         for event in events:
             if event.kv.key == META_KEY:
                 continue
-            kf = kf_of[event.kv.mod_revision]
-            sub = sub + 1 if result and result[-1].kv.mod_revision == kf else 0
-            prev = event.prev_kv
             if event.type == kv_pb2.Event.PUT:
-                kv = KeyValue(
-                    event.kv.key, kf_of[event.kv.create_revision], kf, event.kv.version, event.kv.value, event.kv.lease
-                )
+                kv = _key_value(event.kv, kf_of)
             else:
-                kv = KeyValue(event.kv.key, 0, kf, 0, b"", 0)
-            result.append(
-                Change(
-                    kv,
-                    sub,
-                    KeyValue(
-                        prev.key,
-                        kf_of[prev.create_revision],
-                        kf_of[prev.mod_revision],
-                        prev.version,
-                        prev.value,
-                        prev.lease,
-                    )
-                    if event.HasField("prev_kv")
-                    else None,
-                )
-            )
-        return result
+                kv = KeyValue(event.kv.key, 0, kf_of[event.kv.mod_revision], 0, b"", 0)
+            same_revision = bool(changes) and changes[-1].kv.mod_revision == kv.mod_revision
+            sub = changes[-1].sub + 1 if same_revision else 0
+            changes.append(Change(kv, sub, _key_value(event.prev_kv, kf_of) if event.HasField("prev_kv") else None))
+        return changes
 
     def _recent_changes(self, after: int, until: int, limit: int) -> list[Change]:
         found: list[Change] = []
@@ -558,6 +529,13 @@ class EtcdStore:
             raise StoreUnavailable(f"etcd store {self._endpoint} is not open")
         status = await self._call(rpc_pb2_grpc.MaintenanceStub(self._channel).Status, rpc_pb2.StatusRequest())
         return int(status.dbSize) + self._mapper_path.stat().st_size
+
+
+def _key_value(item: kv_pb2.KeyValue, kf_of: dict[int, int]) -> KeyValue:
+    """An etcd key-value with its revisions translated."""
+    return KeyValue(
+        item.key, kf_of[item.create_revision], kf_of[item.mod_revision], item.version, item.value, item.lease
+    )
 
 
 def _parts(changes: list[Change]) -> list[list[rpc_pb2.RequestOp]]:
