@@ -20,11 +20,19 @@ class CpuUse:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A closed-loop measurement window: the operations per second completed and the CPU it took."""
+
+    operations_per_second: float
+    cpu: CpuUse
+
+
+@dataclass(frozen=True)
 class Measured:
-    """One workload's numbers, in the order of its rows."""
+    """One workload's numbers, in the order of its rows, and its window if it ran one."""
 
     values: tuple[float, ...]
-    cpu: CpuUse | None = None
+    window: Window | None = None
 
 
 @dataclass
@@ -87,12 +95,48 @@ def cpu_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> 
     header = ["CPU cores busy: server + generator + other", *runs]
     lines = []
     for workload in workloads:
-        uses = [run.measured[workload.name].cpu if workload.name in run.measured else None for run in runs.values()]
-        if any(uses):
+        windows = [
+            run.measured[workload.name].window if workload.name in run.measured else None for run in runs.values()
+        ]
+        if any(windows):
             lines.append(
                 [
                     workload.name,
-                    *(f"{use.server:.2f} + {use.generator:.2f} + {use.other:.2f}" if use else "–" for use in uses),
+                    *(
+                        f"{window.cpu.server:.2f} + {window.cpu.generator:.2f} + {window.cpu.other:.2f}"
+                        if window
+                        else "–"
+                        for window in windows
+                    ),
+                ]
+            )
+    return [*markdown_table(header, lines), ""] if lines else []
+
+
+def generator_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> list[str]:
+    """The generator's ceiling: what it reached against etcd, the CPU each operation cost it, and so
+    how many operations one core of it could send."""
+    reference = runs.get(REFERENCE)
+    header = [
+        f"load generator against {REFERENCE}",
+        "operations/s",
+        "generator cores busy",
+        "generator CPU per operation, µs",
+        "ceiling: operations/s per generator core",
+    ]
+    lines = []
+    for workload in workloads:
+        measured = reference.measured.get(workload.name) if reference else None
+        window = measured.window if measured else None
+        if window and window.operations_per_second and window.cpu.generator:
+            cpu_per_operation = window.cpu.generator / window.operations_per_second
+            lines.append(
+                [
+                    workload.name,
+                    format_number(window.operations_per_second),
+                    f"{window.cpu.generator:.2f}",
+                    format_number(cpu_per_operation * 1e6),
+                    format_number(1 / cpu_per_operation),
                 ]
             )
     return [*markdown_table(header, lines), ""] if lines else []
@@ -100,7 +144,9 @@ def cpu_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun]) -> 
 
 def disturbance_note(runs: dict[str, TargetRun]) -> list[str]:
     """A warning when other processes kept a noticeable share of the CPUs busy during the windows."""
-    others = [measured.cpu.other for run in runs.values() for measured in run.measured.values() if measured.cpu]
+    others = [
+        measured.window.cpu.other for run in runs.values() for measured in run.measured.values() if measured.window
+    ]
     if not others or max(others) < DISTURBED_CORES:
         return []
     return [
@@ -110,7 +156,7 @@ def disturbance_note(runs: dict[str, TargetRun]) -> list[str]:
 
 
 def render(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun], notes: Sequence[str]) -> str:
-    lines = [*results_table(workloads, runs), "", *cpu_table(workloads, runs)]
+    lines = [*results_table(workloads, runs), "", *cpu_table(workloads, runs), *generator_table(workloads, runs)]
     lines += [f"- {note}" for note in [*notes, *disturbance_note(runs)]]
     for target, run in runs.items():
         lines += [f"- {target} failed {workload}: {error}" for workload, error in run.failures.items()]

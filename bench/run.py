@@ -1,47 +1,50 @@
 """Benchmark kubefabric against a real etcd: `python -m bench.run [--targets etcd,sqlite] [--quick]`.
 
-Each workload runs on a freshly started, empty server of each target in turn; the load comes from a
-pool of spawned processes running grpc.aio clients (see bench/load.py), and the result is a Markdown
-table with each target's numbers and their ratio to etcd's.
+Each workload runs on a freshly started, empty server of each target in turn; the load comes from
+bench/loadgen, a Go program built on etcd's own client, and the result is a Markdown table with
+each target's numbers and their ratio to etcd's.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
-import multiprocessing.pool
+import hashlib
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from bench import load
-from bench.report import CpuUse, Measured, TargetRun, WorkloadRows, render
+from bench.report import CpuUse, Measured, TargetRun, Window, WorkloadRows, render
 from bench.targets import REFERENCE, TARGETS, clean_up, start_target
-from tests._servers import ServerProcess
+from tests._servers import REPO_ROOT, ServerProcess
 
-# One process per core: a single grpc.aio event loop tops out near one core (~200 µs of CPU per txn),
-# while 3-4 processes on 2 cores cost 10-25% more generator CPU per request and gained no throughput.
-DEFAULT_PROCESSES = 2
+LOADGEN_SOURCE = Path(__file__).parent / "loadgen" / "main.go"
+LOADGEN_BUILD_DIR = REPO_ROOT / "build" / "bench"
+GOPATH = "/usr/share/gocode"  # where Debian's golang-*-dev packages put Go sources
+GO_INSTALL_HINT = "apt-get install golang-go golang-etcd-server-dev"
+
 CONCURRENT_CLIENTS = 64
+LISTERS = 2
 LIST_KEYS = 20_000
-LIST_NAMESPACES = 100
+NAMESPACES = 100
 UPDATE_KEYS_PER_CLIENT = 16
 WATCH_PUTS_PER_SECOND = 200.0
-WINDOW_START_DELAY = 1.0  # lets every worker connect before the window opens
+WINDOW_START_DELAY = 1.0  # lets the generator connect before the window opens
+DEFAULT_RSS_KEYS = (10_000, 100_000, 1_000_000)
 
 
 @dataclass(frozen=True)
 class Settings:
-    """What --quick and --processes change."""
+    """What --quick changes."""
 
-    processes: int
     duration: float
     sequential_lists: int
 
@@ -55,27 +58,85 @@ class Workload:
     measure: Callable[[Bench, ServerProcess], Measured]
 
 
-def cpu_seconds(root_pid: int) -> float:
-    """User + system CPU time used so far by a process and all its live descendants, from /proc."""
+@dataclass(frozen=True)
+class Generated:
+    """What one run of the generator printed: see `result` in bench/loadgen/main.go."""
+
+    operations_per_second: float
+    cpu_seconds: float
+    seconds: tuple[float, ...]
+
+
+def build_loadgen() -> Path:
+    """The generator's binary, built from bench/loadgen/main.go unless this very source was built before."""
+    source = LOADGEN_SOURCE.read_bytes()
+    binary = LOADGEN_BUILD_DIR / f"loadgen-{hashlib.sha256(source).hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        sys.exit(f"the load generator is a Go program and go is not installed: {GO_INSTALL_HINT}")
+    if not Path(GOPATH, "src/go.etcd.io/etcd/clientv3").is_dir():
+        sys.exit(f"the load generator needs etcd's Go client under {GOPATH}: {GO_INSTALL_HINT}")
+    print(f"building {LOADGEN_SOURCE.relative_to(REPO_ROOT)} ...", file=sys.stderr, flush=True)
+    LOADGEN_BUILD_DIR.mkdir(parents=True, exist_ok=True)
+    for stale in LOADGEN_BUILD_DIR.glob("loadgen-*"):
+        stale.unlink()
+    partial = binary.with_suffix(".partial")  # an interrupted build never passes for a finished one
+    build = subprocess.run(
+        [go, "build", "-o", str(partial), str(LOADGEN_SOURCE)],
+        env={**os.environ, "GO111MODULE": "off", "GOPATH": GOPATH},  # Debian's sources, offline
+        capture_output=True,
+        text=True,
+    )
+    if build.returncode != 0:
+        sys.exit(f"building {LOADGEN_SOURCE} failed:\n{build.stderr}")
+    partial.rename(binary)
+    return binary
+
+
+def process_tree(root_pid: int) -> set[int]:
+    """A process and all its live descendants, from /proc."""
     parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:  # the process ended while we looked
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # skip "pid (comm) ": comm may contain spaces
-        parents[int(entry)] = int(fields[1])
-        ticks[int(entry)] = int(fields[11]) + int(fields[12])
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # the process ended while we looked
+                continue
+            parents[int(entry)] = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "pid (comm) state"
     tree, frontier = {root_pid}, [root_pid]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent]
         tree.update(children)
         frontier.extend(children)
-    return sum(ticks.get(pid, 0) for pid in tree) / os.sysconf("SC_CLK_TCK")
+    return tree
+
+
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU time used so far by a process and all its live descendants, from /proc."""
+    ticks = 0
+    for pid in process_tree(root_pid):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # skip "pid (comm) ": comm may contain spaces
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def resident_mib(root_pid: int) -> float:
+    """Resident memory (VmRSS) of a process and all its live descendants, from /proc, in MiB."""
+    kib = 0
+    for pid in process_tree(root_pid):
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        kib += sum(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+    return kib / 1024
 
 
 def machine_busy_seconds() -> float:
@@ -85,92 +146,94 @@ def machine_busy_seconds() -> float:
     return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
-def client_groups(processes: int) -> list[load.ClientGroup]:
-    """CONCURRENT_CLIENTS spread as evenly as possible over the worker processes."""
-    share, extra = divmod(CONCURRENT_CLIENTS, processes)
-    counts = [share + (1 if index < extra else 0) for index in range(processes)]
-    return [load.ClientGroup(sum(counts[:index]), count) for index, count in enumerate(counts)]
-
-
 def sleep_until(moment: float) -> None:
     time.sleep(max(0.0, moment - time.time()))
 
 
 class Bench:
-    """The worker pool and settings shared by every workload of a run."""
+    """The generator's binary and the settings shared by every workload of a run."""
 
-    def __init__(self, pool: multiprocessing.pool.Pool, settings: Settings) -> None:
-        self.pool = pool
+    def __init__(self, loadgen: Path, settings: Settings) -> None:
+        self.loadgen = loadgen
         self.settings = settings
 
-    def run_alone(self, job: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> Any:
-        """Run one job in one worker process while the others stay idle."""
-        return self.pool.apply(load.run_job, (job, *args))
+    def start(self, server: ServerProcess, workload: str, **flags: object) -> subprocess.Popen[str]:
+        """Start the generator on one workload; flags become its -flag=value arguments."""
+        command = [str(self.loadgen), f"-endpoint={server.address}", f"-workload={workload}"]
+        command += [f"-{name.replace('_', '-')}={value}" for name, value in flags.items()]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def preload(self, server: ServerProcess, keys: Sequence[bytes]) -> None:
-        """Put a 1 KiB value under every key, the work spread over all worker processes."""
-        processes = self.settings.processes
-        concurrency = CONCURRENT_CLIENTS // processes
-        pending = [
-            self.pool.apply_async(load.run_job, (load.put_keys, server.address, keys[offset::processes], concurrency))
-            for offset in range(processes)
-        ]
-        for result in pending:
-            result.get()
+    @staticmethod
+    def result(generator: subprocess.Popen[str]) -> Generated:
+        """Wait for a started generator: what it printed, or its error as a RuntimeError."""
+        stdout, stderr = generator.communicate()
+        if generator.returncode != 0:
+            raise RuntimeError(stderr.strip() or f"the load generator exited with {generator.returncode}")
+        printed = json.loads(stdout)
+        return Generated(printed["operations_per_second"], printed["cpu_seconds"], tuple(printed.get("seconds", ())))
 
-    def run_window(
-        self,
-        server: ServerProcess,
-        job: Callable[..., Coroutine[Any, Any, load.WindowResult]],
-        per_process_args: Sequence[tuple[Any, ...]],
-    ) -> tuple[float, CpuUse]:
-        """Run job in one worker per args tuple over the same window: total operations/s and CPU use."""
+    def generate(self, server: ServerProcess, workload: str, **flags: object) -> Generated:
+        return self.result(self.start(server, workload, **flags))
+
+    def preload(self, server: ServerProcess, keys: int, namespaces: int, first: int = 0) -> None:
+        """Put a 1 KiB value under keys first..first+keys-1, key i in namespace i % namespaces."""
+        self.generate(server, "preload", keys=keys, namespaces=namespaces, first=first, clients=CONCURRENT_CLIENTS)
+
+    def run_window(self, server: ServerProcess, workload: str, **flags: object) -> Window:
+        """Run a closed-loop workload over one window: operations/s and the CPU of server, generator and the rest."""
         assert server.process is not None
-        window = load.Window(time.time() + WINDOW_START_DELAY, self.settings.duration)
-        pending = [
-            self.pool.apply_async(load.run_job, (job, server.address, *args, window)) for args in per_process_args
-        ]
-        sleep_until(window.start_at)
+        start_at = time.time() + WINDOW_START_DELAY
+        end_at = start_at + self.settings.duration
+        generator = self.start(server, workload, start_at=start_at, duration=f"{self.settings.duration}s", **flags)
+        sleep_until(start_at)
         server_cpu_at_start, machine_busy_at_start = cpu_seconds(server.process.pid), machine_busy_seconds()
-        sleep_until(window.end_at)
+        sleep_until(end_at)
         server_cpu = cpu_seconds(server.process.pid) - server_cpu_at_start
         machine_busy = machine_busy_seconds() - machine_busy_at_start
-        results: list[load.WindowResult] = [result.get() for result in pending]
-        generator_cpu = sum(result.cpu_seconds for result in results)
-        operations_per_second = sum(result.operations_per_second for result in results)
-        other_cpu = max(0.0, machine_busy - server_cpu - generator_cpu)
-        return operations_per_second, CpuUse(*(cpu / window.duration for cpu in (server_cpu, generator_cpu, other_cpu)))
+        generated = self.result(generator)
+        other_cpu = max(0.0, machine_busy - server_cpu - generated.cpu_seconds)
+        cpu = (cpu / self.settings.duration for cpu in (server_cpu, generated.cpu_seconds, other_cpu))
+        return Window(generated.operations_per_second, CpuUse(*cpu))
 
 
 def measure_creates(bench: Bench, server: ServerProcess) -> Measured:
-    per_process_args = [(group,) for group in client_groups(bench.settings.processes)]
-    creates_per_second, cpu = bench.run_window(server, load.creates, per_process_args)
-    return Measured((creates_per_second,), cpu)
+    window = bench.run_window(server, "creates", clients=CONCURRENT_CLIENTS)
+    return Measured((window.operations_per_second,), window)
 
 
 def measure_updates(bench: Bench, server: ServerProcess) -> Measured:
-    keys = [
-        load.object_key(client, index)
-        for client in range(CONCURRENT_CLIENTS)
-        for index in range(UPDATE_KEYS_PER_CLIENT)
-    ]
-    bench.preload(server, keys)
-    per_process_args = [(group, UPDATE_KEYS_PER_CLIENT) for group in client_groups(bench.settings.processes)]
-    updates_per_second, cpu = bench.run_window(server, load.updates, per_process_args)
-    return Measured((updates_per_second,), cpu)
+    # namespace n holds client n's keys
+    bench.preload(server, CONCURRENT_CLIENTS * UPDATE_KEYS_PER_CLIENT, namespaces=CONCURRENT_CLIENTS)
+    window = bench.run_window(server, "updates", clients=CONCURRENT_CLIENTS, keys_per_client=UPDATE_KEYS_PER_CLIENT)
+    return Measured((window.operations_per_second,), window)
 
 
 def measure_list(bench: Bench, server: ServerProcess) -> Measured:
-    bench.preload(server, [load.object_key(index % LIST_NAMESPACES, index) for index in range(LIST_KEYS)])
-    durations = bench.run_alone(load.list_seconds, server.address, LIST_KEYS, bench.settings.sequential_lists)
-    lists_per_second, cpu = bench.run_window(server, load.lists, [(LIST_KEYS,)] * bench.settings.processes)
-    return Measured((statistics.median(durations) * 1000, lists_per_second), cpu)
+    bench.preload(server, LIST_KEYS, namespaces=NAMESPACES)
+    alone = bench.generate(server, "list-latency", keys=LIST_KEYS, count=bench.settings.sequential_lists)
+    window = bench.run_window(server, "lists", clients=LISTERS, keys=LIST_KEYS)
+    return Measured((statistics.median(alone.seconds) * 1000, window.operations_per_second), window)
 
 
 def measure_watch(bench: Bench, server: ServerProcess) -> Measured:
-    delays = bench.run_alone(load.watch_delays, server.address, WATCH_PUTS_PER_SECOND, bench.settings.duration)
-    percentiles = statistics.quantiles([delay * 1000 for delay in delays], n=100)
+    watch = bench.generate(server, "watch", rate=WATCH_PUTS_PER_SECOND, duration=f"{bench.settings.duration}s")
+    percentiles = statistics.quantiles([delay * 1000 for delay in watch.seconds], n=100)
     return Measured((percentiles[49], percentiles[98]))
+
+
+def rss_workload(key_counts: Sequence[int]) -> Workload:
+    """The server's resident memory after loading each of key_counts (ascending) keys, on one server."""
+
+    def measure(bench: Bench, server: ServerProcess) -> Measured:
+        assert server.process is not None
+        resident, loaded = [], 0
+        for count in key_counts:
+            bench.preload(server, count - loaded, namespaces=NAMESPACES, first=loaded)
+            loaded = count
+            resident.append(resident_mib(server.process.pid))
+        return Measured(tuple(resident))
+
+    return Workload("rss", tuple(f"server RSS after loading {count:,} keys, MiB" for count in key_counts), measure)
 
 
 WORKLOADS = [
@@ -180,7 +243,7 @@ WORKLOADS = [
         "list",
         (
             f"list {LIST_KEYS:,} keys, ms per full list (median, alone)",
-            f"list {LIST_KEYS:,} keys, full lists/s (one lister per process)",
+            f"list {LIST_KEYS:,} keys, full lists/s ({LISTERS} concurrent listers)",
         ),
         measure_list,
     ),
@@ -234,17 +297,24 @@ def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Wor
     return run
 
 
-def notes(settings: Settings) -> list[str]:
-    groups = "+".join(str(group.count) for group in client_groups(settings.processes))
-    return [
-        f"Load generator: {settings.processes} spawned processes, one grpc.aio channel each. Creates and "
-        f"updates: {CONCURRENT_CLIENTS} concurrent clients ({groups}); lists/s: one lister per process; "
-        f"watch: one process; ms per full list is the median of {settings.sequential_lists} lists run alone. "
-        f"Windows of {settings.duration:g} s; 1 KiB values; every workload on a fresh, empty server.",
-        f"The generator shares this machine's {os.cpu_count()} CPUs with the server, so etcd's column is the "
-        "ceiling of this generator here, not etcd's own limit.",
-        f"Ratio = target ÷ {REFERENCE}: below 1 is worse for ops/s and lists/s, above 1 is worse for ms.",
+def notes(settings: Settings, workloads: Sequence[str]) -> list[str]:
+    lines = [
+        "Load generator: bench/loadgen, one Go process on etcd's own client (clientv3, one gRPC connection). "
+        f"Creates and updates: {CONCURRENT_CLIENTS} concurrent clients; lists/s: {LISTERS} concurrent listers; "
+        f"ms per full list is the median of {settings.sequential_lists} lists run alone. Windows of "
+        f"{settings.duration:g} s; 1 KiB values; every workload on a fresh, empty server.",
+        f"The generator shares this machine's {os.cpu_count()} CPUs with the server. Its ceiling is what one of "
+        f"its cores sends at the CPU per operation it spent against {REFERENCE}; an operation is a create, an "
+        "update (get + txn) or a full list.",
+        f"Ratio = target ÷ {REFERENCE}: below 1 is worse for ops/s and lists/s, above 1 is worse for ms and MiB.",
     ]
+    if "rss" in workloads:
+        lines.append(
+            "RSS: VmRSS of the server process and its children once the keys are loaded (one server per target, "
+            "loaded up to each count in turn). The memory of a database behind the server (PostgreSQL, MariaDB, "
+            "the etcd of etcd-store) is not included."
+        )
+    return lines
 
 
 @contextmanager
@@ -260,17 +330,40 @@ def work_directory(path: str | None) -> Iterator[Path]:
         yield Path(temporary)
 
 
+def key_counts(value: str) -> tuple[int, ...]:
+    """--rss-keys: comma-separated positive key counts, measured in ascending order."""
+    try:
+        counts = {int(count) for count in value.split(",") if count.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of key counts: {value!r}") from None
+    if not counts or min(counts) <= 0:
+        raise argparse.ArgumentTypeError(f"key counts must be positive: {value!r}")
+    return tuple(sorted(counts))
+
+
 def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated, from: {', '.join(TARGETS)}")
     parser.add_argument("--quick", action="store_true", help="3 s windows instead of 10 s, for a smoke run")
-    parser.add_argument("--processes", type=int, default=DEFAULT_PROCESSES, help="load generator processes")
-    parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES), help="comma-separated subset to run")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOAD_NAMES),
+        help=f"comma-separated subset of {', '.join(WORKLOAD_NAMES)}, or rss (server memory; not run by default)",
+    )
+    parser.add_argument(
+        "--rss-keys",
+        type=key_counts,
+        metavar="N,N,...",
+        help="also run rss: the server's memory after loading each count of keys "
+        f"(default with --workloads rss: {','.join(map(str, DEFAULT_RSS_KEYS))})",
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the report to FILE")
     parser.add_argument("--workdir", metavar="DIR", help="keep server data and logs in a new directory under DIR")
     args = parser.parse_args(argv)
     args.targets = comma_separated(parser, "targets", args.targets, TARGETS)
-    args.workloads = comma_separated(parser, "workloads", args.workloads, WORKLOAD_NAMES)
+    args.workloads = comma_separated(parser, "workloads", args.workloads, [*WORKLOAD_NAMES, "rss"])
+    if args.rss_keys and "rss" not in args.workloads:
+        args.workloads.append("rss")
     return args
 
 
@@ -284,24 +377,17 @@ def comma_separated(parser: argparse.ArgumentParser, option: str, value: str, ch
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_arguments(argv)
-    settings = Settings(
-        processes=args.processes,
-        duration=3.0 if args.quick else 10.0,
-        sequential_lists=3 if args.quick else 5,
-    )
-    # spawn, not fork: a forked child would inherit grpc's threads and state from the parent.
-    context = multiprocessing.get_context("spawn")
-    with (
-        context.Pool(settings.processes, initializer=load.prepare_worker) as pool,
-        work_directory(args.workdir) as workdir,
-    ):
-        bench = Bench(pool, settings)
-        selected = [workload for workload in WORKLOADS if workload.name in args.workloads]
+    settings = Settings(duration=3.0 if args.quick else 10.0, sequential_lists=3 if args.quick else 5)
+    bench = Bench(build_loadgen(), settings)
+    workloads = [*WORKLOADS, rss_workload(args.rss_keys or DEFAULT_RSS_KEYS)]
+    selected = [workload for workload in workloads if workload.name in args.workloads]
+    with work_directory(args.workdir) as workdir:
         try:
             runs = {target: run_target(bench, target, workdir / target, selected) for target in args.targets}
         finally:
             clean_up()
-    report = render([WorkloadRows(workload.name, workload.rows) for workload in selected], runs, notes(settings))
+    rows = [WorkloadRows(workload.name, workload.rows) for workload in selected]
+    report = render(rows, runs, notes(settings, args.workloads))
     print(report)
     if args.markdown:
         Path(args.markdown).write_text(report)
