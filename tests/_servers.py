@@ -26,6 +26,13 @@ _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
 
 
+# Parallel test workers (pytest-xdist) each take only the ports congruent to their number, so two
+# workers never start servers on one port: the one that lost the race to bind it would otherwise
+# find the other's server answering there.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
 def free_port() -> int:
     """A loopback port nothing listens on, never the same one twice in this test run: servers are
     started concurrently, and the kernel may offer a just-probed port again."""
@@ -34,7 +41,7 @@ def free_port() -> int:
             sock.bind(("127.0.0.1", 0))
             port = int(sock.getsockname()[1])
         with _handed_out_lock:
-            if port not in _handed_out:
+            if port % _WORKERS == _WORKER and port not in _handed_out:
                 _handed_out.add(port)
                 return port
 
@@ -73,6 +80,7 @@ class ServerProcess:
     process: subprocess.Popen[bytes] | None = None
     # Servers this one depends on (an etcd used as kubefabric's store), stopped after it.
     companions: list[ServerProcess] = field(default_factory=list)
+    cwd: Path = REPO_ROOT  # where relative paths (default database files) land
 
     def start(self) -> ServerProcess:
         log_file = self.log.open("ab")
@@ -81,7 +89,7 @@ class ServerProcess:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
-            cwd=REPO_ROOT,
+            cwd=self.cwd,
         )
         log_file.close()
         wait_until_serving(self)

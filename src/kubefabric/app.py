@@ -9,18 +9,15 @@ import ssl
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health
 from prometheus_client import start_http_server
 
 from kubefabric import __version__
 from kubefabric.config import Settings
 from kubefabric.core import Core, RoutedStore, Topology, TopologyError
-from kubefabric.protocol import ETCD_VERSION, build_server, health_pb2
-from kubefabric.stores import EndpointError, EtcdOptions, Store, open_store, redact
+from kubefabric.protocol import ETCD_VERSION, EtcdServer, build_server, health_pb2
+from kubefabric.stores import EndpointError, EtcdOptions, Store, announce_listen_address, open_store, redact
 
 log = logging.getLogger("kubefabric")
-
-SHUTDOWN_GRACE_SECONDS = 10
 
 
 class StartupError(Exception):
@@ -35,6 +32,7 @@ def _split_host_port(address: str) -> tuple[str, int]:
 async def serve(settings: Settings) -> int:
     """Run until SIGTERM or SIGINT; the exit status."""
     log.info("kubefabric %s (etcd API %s) starting", __version__, ETCD_VERSION)
+    announce_listen_address(settings.listen_address)
     try:
         credentials = _tls_credentials(settings) if settings.tls else None
         core = await _open_core(settings)
@@ -42,7 +40,7 @@ async def serve(settings: Settings) -> int:
         log.error("%s", error)
         return 1
     try:
-        server, health = await _start_server(core, settings, credentials)
+        server = await _start_server(core, settings, credentials)
     except StartupError as error:
         log.error("%s", error)
         await core.stop()
@@ -58,9 +56,10 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
 
-    log.info("shutting down: refusing new requests, finishing those in flight")
-    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    await server.stop(SHUTDOWN_GRACE_SECONDS)
+    log.info("shutting down: ending watches, refusing new requests, finishing those in flight")
+    await server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.watch.stop()
+    await server.grpc.stop(settings.shutdown_grace_period)
     if follower is not None:
         follower.cancel()
     await core.stop()
@@ -68,7 +67,8 @@ async def serve(settings: Settings) -> int:
     return 0
 
 
-def _open_store(settings: Settings) -> Store:
+def configured_store(settings: Settings) -> Store:
+    """The store --endpoint (and --topology-config) name, not yet opened."""
     options = etcd_options(settings)
     if not settings.endpoint.startswith("multi://"):
         return open_store(settings.endpoint, options)
@@ -87,7 +87,7 @@ async def _open_core(settings: Settings) -> Core:
     endpoint = redact(settings.endpoint)
     log.info("opening store %s", endpoint)
     try:
-        store = _open_store(settings)
+        store = configured_store(settings)
     except EndpointError as error:
         raise StartupError(f"--endpoint {endpoint}: {error}") from None
     core = Core(store, settings.compaction_interval, settings.compaction_retention)
@@ -149,9 +149,7 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
     )
 
 
-async def _start_server(
-    core: Core, settings: Settings, credentials: grpc.ServerCredentials | None
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+async def _start_server(core: Core, settings: Settings, credentials: grpc.ServerCredentials | None) -> EtcdServer:
     if settings.metrics_address:
         host, port = _split_host_port(settings.metrics_address)
         try:
@@ -161,18 +159,18 @@ async def _start_server(
         log.info("metrics on http://%s/metrics", settings.metrics_address)
 
     client_url = f"{'http' if credentials is None else 'https'}://{settings.listen_address}"
-    server, health = build_server(core, client_url, settings.watch_progress_notify_interval)
+    server = build_server(core, client_url, settings.watch_progress_notify_interval)
     try:
         if credentials is None:
-            server.add_insecure_port(settings.listen_address)
+            server.grpc.add_insecure_port(settings.listen_address)
         else:
-            server.add_secure_port(settings.listen_address, credentials)
+            server.grpc.add_secure_port(settings.listen_address, credentials)
     except RuntimeError:
         raise StartupError(
             f"cannot listen on {settings.listen_address}: the address is in use or not available on this host"
         ) from None
-    await server.start()
-    await health.set("", health_pb2.HealthCheckResponse.SERVING)
+    await server.grpc.start()
+    await server.health.set("", health_pb2.HealthCheckResponse.SERVING)
     client_auth = " (client certificates required)" if settings.trusted_ca_file else ""
     log.info("serving the etcd v3 API on %s%s", client_url, client_auth)
-    return server, health
+    return server

@@ -18,6 +18,8 @@ def parse_duration(text: str | float) -> float:
     if isinstance(text, int | float):
         return float(text)
     text = text.strip()
+    if text[:1] == "-" and text[1:2] not in ("-", ""):  # "-5m": negative, which the settings refuse by name
+        return -parse_duration(text[1:])
     try:
         return float(text)
     except ValueError:
@@ -26,6 +28,25 @@ def parse_duration(text: str | float) -> float:
     if not parts or "".join(number + unit for number, unit in parts) != text:
         raise ValueError(f"{text!r} is not a duration (examples: 30s, 5m, 1h, 250ms)")
     return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """The duration as the README spells it: 300.0 -> "5m", 5.0 -> "5s", 0.25 -> "250ms"."""
+    if seconds == 0:
+        return "0"
+    for unit in ("h", "m", "s"):
+        if seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds / _UNIT_SECONDS[unit]:g}{unit}"
+    return f"{seconds * 1000:g}ms"
+
+
+# Settings given as durations (see parse_duration).
+DURATIONS = (
+    "compaction_interval",
+    "watch_progress_notify_interval",
+    "revision_mapper_history",
+    "shutdown_grace_period",
+)
 
 
 class Settings(BaseModel):
@@ -45,9 +66,10 @@ class Settings(BaseModel):
     etcd_cafile: str = ""
     etcd_certfile: str = ""
     etcd_keyfile: str = ""
-    revision_mapper_endpoint: str = "sqlite://./db/revisions.db"
+    revision_mapper_endpoint: str = ""  # empty: each etcd store keeps ./db/revisions-HOST-PORT.db
     revision_mapper_history: float = 4 * 3600.0
     revision_mapper_cache_capacity: int = 10000
+    shutdown_grace_period: float = 10.0
 
     @field_validator("listen_address", "metrics_address")
     @classmethod
@@ -59,10 +81,13 @@ class Settings(BaseModel):
             raise ValueError(f"{value!r} is not HOST:PORT")
         return value
 
-    @field_validator("compaction_interval", "watch_progress_notify_interval", "revision_mapper_history", mode="before")
+    @field_validator(*DURATIONS, mode="before")
     @classmethod
     def _duration(cls, value: str | float) -> float:
-        return parse_duration(value)
+        seconds = parse_duration(value)
+        if seconds < 0:
+            raise ValueError(f"{value!r} is negative: a duration is 0 or more")
+        return seconds
 
     @field_validator("compaction_retention", "revision_mapper_cache_capacity")
     @classmethod
@@ -150,7 +175,8 @@ OPTIONS = [
     Option(
         "--revision-mapper-endpoint",
         "REVISION_MAPPER_ENDPOINT",
-        "sqlite://PATH where etcd stores keep the mapping between kubefabric's revisions and the etcd's",
+        "sqlite://PATH where an etcd store keeps the mapping between kubefabric's revisions and the etcd's; "
+        "unset, each etcd store keeps its own ./db/revisions-HOST-PORT.db",
     ),
     Option(
         "--revision-mapper-history",
@@ -161,5 +187,10 @@ OPTIONS = [
         "--revision-mapper-cache-capacity",
         "REVISION_MAPPER_CACHE_CAPACITY",
         "revision mappings kept in memory",
+    ),
+    Option(
+        "--shutdown-grace-period",
+        "KUBEFABRIC_SHUTDOWN_GRACE_PERIOD",
+        "on SIGTERM, how long requests in flight may take to finish (watches end at once)",
     ),
 ]

@@ -150,8 +150,6 @@ def test_methods_kubefabric_does_not_implement_are_unimplemented(kubefabric: Ser
     with Etcd(kubefabric.channel()) as client:
         auth = rpc_pb2_grpc.AuthStub(client.channel)
         calls: dict[str, Callable[[], object]] = {
-            "Maintenance.Defragment": lambda: client.maintenance.Defragment(rpc_pb2.DefragmentRequest(), timeout=10),
-            "Maintenance.Snapshot": lambda: list(client.maintenance.Snapshot(rpc_pb2.SnapshotRequest(), timeout=10)),
             "Maintenance.MoveLeader": lambda: client.maintenance.MoveLeader(
                 rpc_pb2.MoveLeaderRequest(targetID=1), timeout=10
             ),

@@ -198,6 +198,8 @@ async def test_creates_the_database_and_schema_and_keeps_them() -> None:
         database_of(first),
     )
     assert sorted(tables) == [
+        ("attribute", "InnoDB", "Dynamic"),  # the selector index
+        ("kubefabric_owner", "InnoDB", "Dynamic"),  # who holds the ownership lock
         ("kv", "InnoDB", "Dynamic"),
         ("lease", "InnoDB", "Dynamic"),
         ("meta", "InnoDB", "Dynamic"),

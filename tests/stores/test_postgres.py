@@ -5,13 +5,23 @@ grammar, what survives a restart, chunked compaction, and the snapshot a range r
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
 
-from kubefabric.stores import LIVE, Change, EndpointError, KeyValue, StoredState, WriteBatch, open_store
+from kubefabric.stores import (
+    LIVE,
+    Change,
+    EndpointError,
+    KeyValue,
+    OwnershipRefused,
+    StoredState,
+    WriteBatch,
+    open_store,
+)
 from kubefabric.stores._postgres import (
     COMPACT_CHUNK_ROWS,
     SCHEMA_VERSION,
@@ -41,13 +51,15 @@ def put(key: bytes, revision: int, prev: KeyValue | None = None, lease: int = 0,
     return Change(KeyValue(key, prev.create_revision, revision, prev.version + 1, b"v%d" % revision, lease), sub, prev)
 
 
-async def reopened(endpoint: str) -> StoredState:
-    """What a restarted server would find."""
+async def reopened(endpoint: str, running: PostgresStore) -> StoredState:
+    """What a restarted server would find; `running` lets go of the database meanwhile, as if stopped."""
+    await running.ownership.release()
     store = PostgresStore(endpoint)
     try:
         return await store.open()
     finally:
         await store.close()
+        await running.ownership.acquire()
 
 
 async def sql(endpoint: str, statement: str, *args: object) -> object:
@@ -58,20 +70,24 @@ async def sql(endpoint: str, statement: str, *args: object) -> object:
         await connection.close()
 
 
-async def test_servers_starting_together_on_a_new_database_share_one_schema_and_identity(endpoint: str) -> None:
+async def test_of_servers_starting_together_on_a_new_database_one_owns_it_and_the_others_are_refused(
+    endpoint: str,
+) -> None:
     stores = [PostgresStore(endpoint) for _ in range(4)]
-    states = await asyncio.gather(*(store.open() for store in stores))
+    results = await asyncio.gather(*(store.open() for store in stores), return_exceptions=True)
     await asyncio.gather(*(store.close() for store in stores))
-    assert {state.identity for state in states} != {0}
-    assert len({state.identity for state in states}) == 1
-    assert {(state.revision, state.compact_revision) for state in states} == {(1, -1)}
+    states = [result for result in results if isinstance(result, StoredState)]
+    refusals = [str(result) for result in results if isinstance(result, OwnershipRefused)]
+    assert len(states) == 1 and len(refusals) == 3, results
+    assert (states[0].revision, states[0].compact_revision) == (1, -1) and states[0].identity != 0
+    assert all(f"in use by another kubefabric (pid {os.getpid()} on host " in refusal for refusal in refusals)
 
 
 async def test_what_is_written_survives_a_restart(endpoint: str, store: PostgresStore) -> None:
-    identity = (await reopened(endpoint)).identity
+    identity = (await reopened(endpoint, store)).identity
     await store.write(WriteBatch(2, [put(b"a", 2, lease=7), put(b"b", 2, sub=1)], granted_leases=[(7, 60), (8, 30)]))
     await store.write(WriteBatch(3, [], revoked_leases=[8], compact_revision=2))
-    state = await reopened(endpoint)
+    state = await reopened(endpoint, store)
     assert (state.revision, state.compact_revision, state.identity) == (3, 2, identity)
     assert state.leases == {7: 60}
     assert state.leased_keys == [(7, b"a")]
@@ -81,9 +97,9 @@ async def test_a_lease_granted_again_replaces_the_stored_one(endpoint: str, stor
     # A revoke and a new grant of the same id in one batch reach the store as just the grant.
     await store.write(WriteBatch(1, [], granted_leases=[(5, 60)]))
     await store.write(WriteBatch(1, [], granted_leases=[(5, 120)]))
-    assert (await reopened(endpoint)).leases == {5: 120}
+    assert (await reopened(endpoint, store)).leases == {5: 120}
     await store.write(WriteBatch(1, [], revoked_leases=[5]))
-    assert (await reopened(endpoint)).leases == {}
+    assert (await reopened(endpoint, store)).leases == {}
 
 
 async def test_a_newer_schema_is_refused_with_a_clear_message(endpoint: str, store: PostgresStore) -> None:

@@ -207,6 +207,7 @@ def kubefabric_on_real_db(outage_store: str, tmp_path: Path) -> Iterator[ServerP
     process.stop()
 
 
+@pytest.mark.stops_databases
 def test_a_stopped_database_fails_requests_fast_and_loses_nothing_when_it_returns(
     outage_store: str, kubefabric_on_real_db: ServerProcess
 ) -> None:

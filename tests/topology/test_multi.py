@@ -804,6 +804,7 @@ class Hammer(threading.Thread):
                 time.sleep(0.05)
 
 
+@pytest.mark.stops_databases
 @pytest.mark.parametrize("database", list(OUTAGES))
 def test_a_stopped_database_takes_down_only_its_own_keys(multi: Multi, client: Etcd, database: str) -> None:
     outage = OUTAGES[database]
@@ -1000,6 +1001,7 @@ def test_a_write_queued_behind_a_failing_commit_of_another_backend_is_not_failed
     assert client.get(stuck_key).kvs[0].value == b"1"
 
 
+@pytest.mark.stops_databases
 def test_a_watch_replaying_history_of_keys_in_healthy_backends_works_while_another_database_is_down(
     client: Etcd,
 ) -> None:

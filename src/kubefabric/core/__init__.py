@@ -3,7 +3,9 @@
 from kubefabric.core._core import Core
 from kubefabric.core._errors import EtcdError, KeyNotFound, RequestTooLarge
 from kubefabric.core._lease import Lease, Lessor
+from kubefabric.core._migration import migrate
 from kubefabric.core._mvcc import Mvcc
+from kubefabric.core._objects import InvalidSelector, request_selector
 from kubefabric.core._ops import (
     Compare,
     CompareResult,
@@ -22,6 +24,8 @@ from kubefabric.core._ops import (
     TxnResult,
     key_range_end,
 )
+from kubefabric.core._placement import Moves
+from kubefabric.core._restore import TargetNotEmpty, restore_snapshot
 from kubefabric.core._routed import RoutedStore
 from kubefabric.core._topology import Backend, Topology, TopologyError
 from kubefabric.core._watch import WatchBatch, Watcher, WatchHub
@@ -38,9 +42,11 @@ __all__ = [
     "DeleteOp",
     "DeleteResult",
     "EtcdError",
+    "InvalidSelector",
     "KeyNotFound",
     "Lease",
     "Lessor",
+    "Moves",
     "Mvcc",
     "Op",
     "OpResult",
@@ -53,6 +59,7 @@ __all__ = [
     "SortOrder",
     "SortTarget",
     "StoreUnavailable",
+    "TargetNotEmpty",
     "Topology",
     "TopologyError",
     "TxnOp",
@@ -61,4 +68,7 @@ __all__ = [
     "WatchHub",
     "Watcher",
     "key_range_end",
+    "restore_snapshot",
+    "migrate",
+    "request_selector",
 ]

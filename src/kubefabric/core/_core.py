@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kubefabric.core._history import read_history
 from kubefabric.core._lease import Lessor
 from kubefabric.core._metrics import COMPACT_REVISION, LEASES, REVISION, WATCHERS
 from kubefabric.core._mvcc import Commit, Mvcc
 from kubefabric.core._routed import RoutedStore
 from kubefabric.core._watch import WatchHub
+from kubefabric.snapshot import Snapshot
 from kubefabric.stores import Store
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,9 @@ class Core:
         self._compaction_retention = compaction_retention
         self._compactor: asyncio.Task[None] | None = None
         self.mvcc.on_commit(self._observe)
+        # Read at each scrape: watchers come and go, and leases expire, without any commit.
+        WATCHERS.set_function(lambda: len(self.watches))
+        LEASES.set_function(lambda: len(self.leases))
 
     @property
     def store(self) -> Store:
@@ -46,11 +51,22 @@ class Core:
         self.leases.stop()
         await self.mvcc.close()
 
+    async def snapshot(self) -> Snapshot:
+        """Every version the store keeps at the current revision, with the leases and the compaction
+        point. Writes go on meanwhile; compactions wait until it is read."""
+        async with self.mvcc.history_lock:
+            revision, compact_revision = self.mvcc.durable_revision, self.mvcc.compact_revision
+            leases = self.leases.ttls()
+            versions = await read_history(self.store, revision, compact_revision)
+        return Snapshot(versions, leases, compact_revision)
+
+    async def defragment(self) -> None:
+        """Give the space of removed versions back to the file system, as far as the database can."""
+        await self.store.defragment()
+
     def _observe(self, commit: Commit) -> None:
         REVISION.set(self.mvcc.durable_revision)
         COMPACT_REVISION.set(self.mvcc.compact_revision)
-        WATCHERS.set(len(self.watches))
-        LEASES.set(len(self.leases))
 
     async def _compact_forever(self) -> None:
         """Keep the last `retention` revisions, so history stays bounded without any client's help."""

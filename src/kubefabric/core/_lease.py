@@ -116,6 +116,10 @@ class Lessor:
     def ids(self) -> list[int]:
         return list(self._leases)
 
+    def ttls(self) -> dict[int, int]:
+        """The TTL each lease was granted with."""
+        return {lease.id: lease.ttl for lease in self._leases.values()}
+
     def _track_keys(self, commit: Commit) -> None:
         for change in commit.changes:
             prev, kv = change.prev, change.kv

@@ -17,3 +17,7 @@ COMMIT_GROUP_SIZE = Histogram(
 COMMIT_FAILURES = Counter("kubefabric_commit_failures_total", "Database transactions that failed")
 WATCHERS = Gauge("kubefabric_watchers", "Open watchers")
 LEASES = Gauge("kubefabric_leases", "Granted leases")
+OPAQUE_VALUES = Counter(
+    "kubefabric_opaque_values_total",
+    "Values written that are no Kubernetes object kubefabric can read (encrypted at rest, say): they match every selector",
+)

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from kubefabric.core._errors import Compacted, CrossBackendTxn, FutureRevision, KeyNotFound, LeaseNotFound
 from kubefabric.core._metrics import COMMIT_FAILURES, COMMIT_GROUP_SIZE, COMMIT_SECONDS
+from kubefabric.core._objects import ObjectIndex
 from kubefabric.core._ops import (
     Compare,
     CompareResult,
@@ -47,6 +48,7 @@ from kubefabric.stores import (
     KeyValue,
     PartialWriteFailure,
     RangeRows,
+    Selection,
     Store,
     StoredState,
     StoreUnavailable,
@@ -91,6 +93,7 @@ class Mvcc:
         self.compact_revision = -1  # etcd's "never compacted": Compact(0) is then allowed once
         self.identity = 0
         self.known_leases: Container[int] = ()  # the lessor's granted leases; puts may name only these
+        self.objects = ObjectIndex()
         self._write_lock = asyncio.Lock()
         # key -> (revision, latest state or None if deleted) of writes not yet durable
         self._pending: dict[bytes, tuple[int, KeyValue | None]] = {}
@@ -105,6 +108,8 @@ class Mvcc:
         self._resync_needed = False
         self._failure: Exception | None = None  # why the last commit failed
         self._failures = 0  # failed commits so far
+        # Held while history is read from a fixed compaction point (a snapshot); removals wait.
+        self.history_lock = asyncio.Lock()
         # The backend of a key, when keys live in several databases: one transaction writes one.
         self.backend_of: Callable[[bytes], str] | None = None
 
@@ -113,6 +118,7 @@ class Mvcc:
         self.revision = self.durable_revision = state.revision
         self.compact_revision = state.compact_revision
         self.identity = state.identity
+        await self.objects.open(self.store, state.revision, state.index_backlog)
         self._committer = asyncio.create_task(self._commit_forever(), name="committer")
         return state
 
@@ -138,7 +144,7 @@ class Mvcc:
     async def range(self, op: RangeOp) -> RangeResult:
         check_key(op)
         self.check_revision(op.revision)
-        return await _execute_range(op, _StoreReader(self.store), None)
+        return await _execute_range(op, _StoreReader(self.store), None, self.objects)
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -241,12 +247,16 @@ class Mvcc:
 
         await self.locked(mark)
         log.info("compacted to revision %d", revision)
-        removal = asyncio.create_task(self.store.compact(revision), name=f"compact-{revision}")
+        removal = asyncio.create_task(self._remove_history(revision), name=f"compact-{revision}")
         self._background.add(removal)
         removal.add_done_callback(self._background.discard)
         if physical:
             await removal
         return self.revision
+
+    async def _remove_history(self, revision: int) -> None:
+        async with self.history_lock:
+            await self.store.compact(revision)
 
     # -- commit pipeline -----------------------------------------------------------------------
 
@@ -287,6 +297,8 @@ class Mvcc:
         batch.revoked_leases = [lease_id for lease_id, ttl in leases.items() if ttl is None]
         started = time.perf_counter()
         try:
+            if batch.changes:
+                await self.objects.annotate(self.store, batch)
             if batch.changes or batch.granted_leases or batch.revoked_leases or batch.compact_revision:
                 await self.store.write(batch)
         except PartialWriteFailure as error:
@@ -392,13 +404,20 @@ class _StoreReader:
         self.revision = revision
 
     async def get(self, key: bytes) -> KeyValue | None:
-        rows = await self.range(key, None, self.revision, 0, False, False)
+        rows = await self.range(key, None, self.revision, 0, False, False, None)
         return rows.kvs[0] if rows.kvs else None
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None,
     ) -> RangeRows:
-        return await _read(self.store, start, end, revision or self.revision, limit, keys_only, count_only)
+        return await _read(self.store, start, end, revision or self.revision, limit, keys_only, count_only, selection)
 
 
 class _PendingReader:
@@ -414,25 +433,41 @@ class _PendingReader:
         return pending[1]
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None,
     ) -> RangeRows:
         if end is None and revision == 0:
             kv = await self.get(start)
+            if kv is not None and selection is not None and not selection.matches(kv):
+                kv = None
             kvs = [] if kv is None else [kv._replace(value=b"") if keys_only else kv]
             return RangeRows([] if count_only else kvs, len(kvs), self.mvcc.revision)
         # Multi-key and historical reads come from the store alone: first let pending writes land.
         await self.mvcc.drain()
-        return await _read(self.mvcc.store, start, end, revision, limit, keys_only, count_only)
+        return await _read(self.mvcc.store, start, end, revision, limit, keys_only, count_only, selection)
 
 
 Reader = _StoreReader | _PendingReader
 
 
 async def _read(
-    store: Store, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+    store: Store,
+    start: bytes,
+    end: bytes | None,
+    revision: int,
+    limit: int,
+    keys_only: bool,
+    count_only: bool,
+    selection: Selection | None,
 ) -> RangeRows:
     try:
-        return await store.range(start, end, revision, limit, keys_only, count_only)
+        return await store.range(start, end, revision, limit, keys_only, count_only, selection)
     except HistoryUnavailable:
         raise Compacted() from None
 
@@ -441,6 +476,7 @@ async def _execute_range(
     op: RangeOp,
     reader: Reader,
     header_revision: int | None,
+    objects: ObjectIndex,
     local: dict[bytes, KeyValue | None] | None = None,
 ) -> RangeResult:
     """etcd's executeRange: fetch, filter by revision, sort, truncate.
@@ -456,14 +492,17 @@ async def _execute_range(
     fetch_limit = op.limit + 1 if op.limit > 0 and default_order and not has_filters and not touched else 0
     # Sorting by value needs the values even when the answer leaves them out.
     fetch_values = not op.keys_only or op.sort_target == SortTarget.VALUE
-    rows = await reader.range(op.key, op.end, op.revision, fetch_limit, not fetch_values, op.count_only and not touched)
+    selection = None if op.selector is None else objects.selection(op.selector)
+    rows = await reader.range(
+        op.key, op.end, op.revision, fetch_limit, not fetch_values, op.count_only and not touched, selection
+    )
     kvs, count = rows.kvs, rows.count
     if touched:
         assert local is not None
         merged = {kv.key: kv for kv in kvs}
         for key in touched:
             kv = local[key]
-            if kv is None:
+            if kv is None or (selection is not None and not selection.matches(kv)):
                 merged.pop(key, None)
             else:
                 merged[key] = kv
@@ -519,7 +558,9 @@ class _Txn:
             else:
                 kv = self._read[key] = await self.reader.get(key)
             return [] if kv is None else [kv]
-        result = await _execute_range(RangeOp(key, end), self.reader, self.current_revision, self.local)
+        result = await _execute_range(
+            RangeOp(key, end), self.reader, self.current_revision, self.mvcc.objects, self.local
+        )
         return result.kvs
 
     async def put(self, op: PutOp) -> PutResult:
@@ -549,7 +590,7 @@ class _Txn:
         return DeleteResult(self.current_revision, len(victims), victims if op.prev_kv else [])
 
     async def range(self, op: RangeOp) -> RangeResult:
-        return await _execute_range(op, self.reader, self.current_revision, self.local)
+        return await _execute_range(op, self.reader, self.current_revision, self.mvcc.objects, self.local)
 
     async def run(self, txn: TxnOp) -> TxnResult:
         # etcd evaluates every compare on the chosen path, nested ones too, then checks every put

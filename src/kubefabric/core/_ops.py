@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from kubefabric.objects import Selector
 from kubefabric.stores import KeyValue
 
 
@@ -67,6 +68,7 @@ class RangeOp:
     max_mod_revision: int = 0
     min_create_revision: int = 0
     max_create_revision: int = 0
+    selector: Selector | None = None  # only the keys whose objects match
 
 
 @dataclass(slots=True)

@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from kubefabric.core._placement import check_placement
 from kubefabric.core._topology import Backend, Topology, TopologyError
 from kubefabric.stores import (
     Change,
     KeyValue,
     PartialWriteFailure,
     RangeRows,
+    Selection,
     Store,
     StoredState,
     StoreUnavailable,
@@ -49,6 +52,8 @@ class RoutedStore:
             self._stores[backend.name] = make_store(backend.endpoint)
         self._default = topology.backends[-1].name
         self._revision = 0  # revision of the last durable batch, in every backend's terms
+        # Held by each write, and while a topology change is checked against the stored keys and applied.
+        self._routing = asyncio.Lock()
 
     def __repr__(self) -> str:
         return f"RoutedStore({', '.join(self._stores)})"
@@ -69,7 +74,23 @@ class RoutedStore:
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
+    @property
+    def stores(self) -> dict[str, Store]:
+        """Each backend's store, by backend name."""
+        return self._stores
+
     async def open(self) -> StoredState:
+        """Open every backend; refuse rules that would place a stored key elsewhere than where it is."""
+        state = await self.open_backends()
+        try:
+            await check_placement(self.topology, self._stores)
+        except BaseException:
+            await self.close()
+            raise
+        return state
+
+    async def open_backends(self) -> StoredState:
+        """Open every backend, without checking where the stored keys are."""
         names = list(self._stores)
         states: list[StoredState] = []
         for name, result in zip(
@@ -91,6 +112,7 @@ class RoutedStore:
             leases=default.leases,
             leased_keys=[item for state in states for item in state.leased_keys],
             identity=default.identity,
+            index_backlog=any(state.index_backlog for state in states),
         )
 
     async def close(self) -> None:
@@ -100,7 +122,8 @@ class RoutedStore:
         return self.topology.route(key).name
 
     async def follow(self, path: str, interval: float = 2.0) -> None:
-        """Apply rules appended to the topology file while running; refuse any other change."""
+        """Apply rules appended to the topology file while running, if they take no stored key;
+        refuse any other change."""
         seen = _modified(path)
         while True:
             await asyncio.sleep(interval)
@@ -122,8 +145,15 @@ class RoutedStore:
             except Exception as error:  # noqa: BLE001 - a bad new rule must not stop the server
                 log.error("topology change refused: a new backend cannot be opened: %s", error)
                 continue
-            self._stores = {**self._stores, **stores}
-            self.topology = newer
+            try:
+                async with self._routing:  # no key lands by the old rules once the check has looked
+                    await check_placement(newer, {**self._stores, **stores})
+                    self._stores = {**self._stores, **stores}
+                    self.topology = newer
+            except Exception as error:  # noqa: BLE001 - a refused or failed check must not stop the server
+                await asyncio.gather(*(store.close() for store in stores.values()), return_exceptions=True)
+                log.error("topology change refused, still routing by the previous rules: %s", error)
+                continue
             log.info("topology now routes by %d rules (%s)", len(newer.backends) - 1, ", ".join(b.name for b in added))
 
     async def revision(self) -> int:
@@ -137,10 +167,24 @@ class RoutedStore:
     # -- writing -----------------------------------------------------------------------------------
 
     async def write(self, batch: WriteBatch) -> None:
+        async with self._routing:
+            await self._write(batch)
+
+    async def _write(self, batch: WriteBatch) -> None:
         parts: dict[str, WriteBatch] = {}
+
+        def part(key: bytes) -> WriteBatch:
+            return parts.setdefault(self.topology.route(key).name, WriteBatch(batch.revision))
+
         for change in batch.changes:
-            name = self.topology.route(change.kv.key).name
-            parts.setdefault(name, WriteBatch(batch.revision)).changes.append(change)
+            part(change.kv.key).changes.append(change)
+        for attribute in batch.attributes:
+            part(attribute.key).attributes.append(attribute)
+        for version in batch.reindexed:
+            part(version[0]).reindexed.append(version)
+        if batch.index_complete:
+            for name in self._stores:
+                parts.setdefault(name, WriteBatch(batch.revision)).index_complete = True
         if batch.granted_leases or batch.revoked_leases or batch.compact_revision is not None:
             own = parts.setdefault(self._default, WriteBatch(batch.revision))
             own.granted_leases = batch.granted_leases
@@ -172,12 +216,20 @@ class RoutedStore:
         return self.topology.backends_for_range(start, end)
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None = None,
     ) -> RangeRows:
         backends = self._backends_for(start, end)
         if len(backends) == 1:
             rows = await self._on(
-                backends[0].name, lambda store: store.range(start, end, revision, limit, keys_only, count_only)
+                backends[0].name,
+                lambda store: store.range(start, end, revision, limit, keys_only, count_only, selection),
             )
             # The backend's own revision lags whenever the latest writes went elsewhere.
             rows.revision = max(rows.revision, self._revision)
@@ -186,7 +238,7 @@ class RoutedStore:
         at = revision if revision > 0 else self._revision
         answers = await self._on_all(
             [backend.name for backend in backends],
-            lambda store: store.range(start, end, at, limit, keys_only, count_only),
+            lambda store: store.range(start, end, at, limit, keys_only, count_only, selection),
         )
         kvs = list(heapq.merge(*(answer.kvs for answer in answers), key=lambda kv: kv.key))
         if limit:
@@ -195,6 +247,11 @@ class RoutedStore:
 
     async def latest(self, key: bytes) -> KeyValue | None:
         return await self._on(self.topology.route(key).name, lambda store: store.latest(key))
+
+    async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
+        answers = await self._on_all(list(self._stores), lambda store: store.unindexed(after, limit))
+        merged = heapq.merge(*answers, key=lambda kv: (kv.key, kv.mod_revision))
+        return list(itertools.islice(merged, limit))
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         return await self._merged_changes(list(self._stores), after, until, limit)
@@ -221,10 +278,27 @@ class RoutedStore:
             if isinstance(result, BaseException):
                 log.warning("backend %r: compaction to %d failed, tried again next time: %s", name, revision, result)
 
+    async def defragment(self) -> None:
+        """Every backend at once; an outage names its backend."""
+        await self._on_all(list(self._stores), lambda store: store.defragment())
+
     async def size(self) -> int:
         """The backends' total; one that is down counts as empty, so Status keeps answering."""
         sizes = await asyncio.gather(*(store.size() for store in self._stores.values()), return_exceptions=True)
         return sum(size for size in sizes if isinstance(size, int))
+
+    async def read_note(self, name: str) -> str | None:
+        return await self._on(self._default, lambda store: store.read_note(name))
+
+    async def write_note(self, name: str, text: str | None) -> None:
+        await self._on(self._default, lambda store: store.write_note(name, text))
+
+    async def remove_keys(self, keys: list[bytes]) -> None:
+        by_backend: dict[str, list[bytes]] = {}
+        for key in keys:
+            by_backend.setdefault(self.topology.route(key).name, []).append(key)
+        for name, some in by_backend.items():
+            await self._on(name, lambda store, some=some: store.remove_keys(some))  # type: ignore[misc]
 
 
 def _modified(path: str) -> tuple[float, int] | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import functools
+import json
 import os
 import re
 from collections.abc import Hashable, Iterable, Mapping
@@ -90,6 +91,7 @@ _PLAIN_TOKEN = re.compile(rf"{_PLAIN}|\|")
 
 Interval = tuple[bytes, bytes | None]
 """The keys k with lo <= k < hi; hi None = no upper bound."""
+EVERY_KEY: Interval = (b"\0", None)
 
 
 class TopologyError(ValueError):
@@ -139,6 +141,25 @@ class _Rule:
         if self.pattern is None or not key.startswith(REGISTRY):
             return False
         return self.pattern.match(key[len(REGISTRY) :].decode("utf-8", "surrogateescape")) is not None
+
+    @property
+    def reach(self) -> list[Interval]:
+        """Intervals holding every key the rule may take (all of /registry/ for a general regexp)."""
+        if self.pattern is None and self.hint_pattern is None:
+            return _union(list(self.candidate_blocks))
+        return _union([*self.candidate_blocks, _block(REGISTRY)])
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """What the rule places where, as recorded with the keys (see Topology.record)."""
+        prefixes, pattern = self.placement
+        return {
+            "name": self.backend.name,
+            "rule": self.backend.rule,
+            "database": _identity(self.backend.endpoint),
+            "takes": sorted(prefix.decode("utf-8", "surrogateescape") for prefix in prefixes),
+            "pattern": pattern,
+        }
 
     def may_take_some_of(self, intervals: list[Interval]) -> bool:
         patterns = [pattern for pattern in (self.pattern, self.hint_pattern) if pattern is not None]
@@ -253,13 +274,66 @@ class Topology:
             chosen.append(self._default)
         return tuple(chosen)
 
+    def record(self) -> str:
+        """The rules as text to keep beside the keys they placed: every rule in order, with what it
+        takes and its database's identity (no options, no password)."""
+        rules = [rule.record for rule in self._rules]
+        return json.dumps({"default": _identity(self._default.endpoint), "rules": rules}, sort_keys=True)
+
+    def describe(self, name: str) -> str:
+        """A backend for messages: its name, and its rule's position and matcher."""
+        for position, rule in enumerate(self._rules, 1):
+            if rule.backend.name == name:
+                return f"{name!r} (backends entry {position}, {rule.backend.rule})"
+        return f"{name!r} (the multi:// default)"
+
+    def suspect_ranges(self, recorded: str | None) -> dict[str, list[Interval]]:
+        """For each backend, the key intervals where it may hold keys that these rules place in
+        another backend, given the rules `recorded` (Topology.record) that placed the stored keys;
+        None: unknown, so every backend is suspect. Rules in front that are unchanged leave their
+        backends out; the default is suspect only where a changed or new rule may take keys. When
+        everything is in place, each interval holds no key, so scanning them is cheap.
+
+        TopologyError if a recorded backend's database is not among these rules': its keys could not
+        even be read any more."""
+        old_rules: list[dict[str, Any]] = []
+        if recorded is not None:
+            old = json.loads(recorded)
+            old_rules = old["rules"] if old["default"] == _identity(self._default.endpoint) else []
+            databases = {_identity(backend.endpoint) for backend in self.backends}
+            for position, entry in enumerate(old_rules, 1):
+                if entry["database"] not in databases:
+                    raise TopologyError(
+                        f"{self.source}: backends entry {position} of the rules the stored keys were placed by, "
+                        f"{entry['name']!r} ({entry['rule']}) at {entry['database']}, is gone: the keys stored in "
+                        "that database would not be read any more; keep its entry"
+                    )
+        unchanged = 0  # rules in front that are the same as recorded
+        for old_rule, rule in zip(old_rules, self._rules, strict=False):
+            if old_rule != rule.record:
+                break
+            unchanged += 1
+        ranges: dict[str, list[Interval]] = {}
+        taken_before: list[Interval] = []  # what the rules in front may take
+        for position, rule in enumerate(self._rules):
+            if position >= unchanged:
+                outside = _subtract_all([EVERY_KEY], rule.blocks)
+                ranges[rule.backend.name] = _union([*outside, *_intersect(list(rule.blocks), taken_before)])
+            taken_before = _union([*taken_before, *rule.reach])
+        ranges[self._default.name] = _union([interval for rule in self._rules[unchanged:] for interval in rule.reach])
+        return ranges
+
     def extended_by(self, newer: Topology) -> Topology:
         """`newer` if it only appends rules at the bottom (same default); else TopologyError saying
         which existing rule changed or disappeared, because data already stored there would become
         unreachable. A rule is unchanged if it has the same name, takes the same keys and names the
         same database (endpoint options may change). Appended rules take keys that went to the
-        default before: that is the operator's call, for resources not stored yet."""
-        unreachable = "the keys already stored there would become unreachable; add new rules at the end only"
+        default before: the caller checks that none is stored (see _placement)."""
+        unreachable = (
+            "the keys already stored there would become unreachable; while kubefabric runs, rules can only be "
+            "added at the end (a restart checks other changes against the stored keys, and `kubefabric topology "
+            "migrate` moves keys)"
+        )
         if _database(newer._default.endpoint) != _database(self._default.endpoint):
             raise TopologyError(
                 f"{newer.source}: the default backend changed from {redact(self._default.endpoint)!r} "
@@ -405,6 +479,14 @@ def _database(endpoint: str) -> tuple[str, str]:
     return scheme, rest
 
 
+def _identity(endpoint: str) -> str:
+    """The database an endpoint names, as recorded: no options, no user or password."""
+    scheme, rest = _database(endpoint)
+    if scheme in ("postgres", "mysql"):
+        rest = rest.rpartition("@")[2]
+    return f"{scheme}://{rest}"
+
+
 def _compile(block: Mapping[str, Any], field: str) -> regex.Pattern[str]:
     text = _text(block, field, "regexp.")
     try:
@@ -504,6 +586,35 @@ def _subtract(intervals: list[Interval], cut: Interval) -> list[Interval]:
         if cut[1] is not None and (high is None or cut[1] < high):
             rest.append((cut[1], high))
     return rest
+
+
+def _subtract_all(intervals: list[Interval], cuts: Iterable[Interval]) -> list[Interval]:
+    for cut in cuts:
+        intervals = _subtract(intervals, cut)
+    return intervals
+
+
+def _intersect(a: list[Interval], b: list[Interval]) -> list[Interval]:
+    common: list[Interval] = []
+    for low_a, high_a in a:
+        for low_b, high_b in b:
+            low = max(low_a, low_b)
+            high = high_a if high_b is None else high_b if high_a is None else min(high_a, high_b)
+            if high is None or low < high:
+                common.append((low, high))
+    return _union(common)
+
+
+def _union(intervals: list[Interval]) -> list[Interval]:
+    """The same keys as sorted, disjoint, non-adjacent intervals."""
+    merged: list[Interval] = []
+    for low, high in sorted(intervals, key=lambda interval: interval[0]):
+        if merged and (merged[-1][1] is None or low <= merged[-1][1]):
+            last_high = merged[-1][1]
+            merged[-1] = (merged[-1][0], None if last_high is None or high is None else max(last_high, high))
+        else:
+            merged.append((low, high))
+    return merged
 
 
 def _common_prefix(low: bytes, high: bytes | None) -> bytes:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from kubefabric.core._mvcc import Commit, Mvcc
 from kubefabric.core._ops import in_range
 from kubefabric.core._routed import RoutedStore
-from kubefabric.stores import Change, HistoryUnavailable, StoreUnavailable
+from kubefabric.objects import Selector
+from kubefabric.stores import Change, HistoryUnavailable, Selection, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,12 @@ class Watcher:
         start_revision: int,
         no_put: bool,
         no_delete: bool,
+        selection: Selection | None,
     ) -> None:
         self._hub = hub
         self.key, self.end = key, end
         self._no_put, self._no_delete = no_put, no_delete
+        self._selection = selection
         self.next_revision = start_revision if start_revision > 0 else hub.revision + 1
         self.synced = self.next_revision > hub.revision
         self._queue: deque[tuple[int, list[Change]]] = deque()
@@ -86,7 +89,18 @@ class Watcher:
             if in_range(change.kv.key, self.key, self.end)
             and not (self._no_put and not change.is_delete)
             and not (self._no_delete and change.is_delete)
+            and self._selected(change)
         ]
+
+    def _selected(self, change: Change) -> bool:
+        """With a selector, an event of an object that matches before or after it: the client sees
+        it enter, change within, and leave the selection."""
+        selection = self._selection
+        if selection is None:
+            return True
+        if not change.is_delete and selection.matches(change.kv):
+            return True
+        return change.prev is not None and selection.matches(change.prev)
 
     def _offer(self, revision: int, changes: list[Change]) -> None:
         """A durable commit, from the hub, while synced."""
@@ -201,8 +215,17 @@ class WatchHub:
     def compact_revision(self) -> int:
         return self.mvcc.compact_revision
 
-    def watch(self, key: bytes, end: bytes | None, start_revision: int, no_put: bool, no_delete: bool) -> Watcher:
-        watcher = Watcher(self, key, end, start_revision, no_put, no_delete)
+    def watch(
+        self,
+        key: bytes,
+        end: bytes | None,
+        start_revision: int,
+        no_put: bool,
+        no_delete: bool,
+        selector: Selector | None = None,
+    ) -> Watcher:
+        selection = None if selector is None else self.mvcc.objects.selection(selector)
+        watcher = Watcher(self, key, end, start_revision, no_put, no_delete, selection)
         self._watchers.add(watcher)
         return watcher
 

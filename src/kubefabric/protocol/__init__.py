@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
@@ -23,24 +25,34 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_time_ms", 2 * 60 * 60 * 1000),
     ("grpc.keepalive_timeout_ms", 20 * 1000),
+    # gRPC sets SO_REUSEPORT by default: a second server on a taken port would start, and clients
+    # would alternate between the two. Refuse the port instead, as etcd does.
+    ("grpc.so_reuseport", 0),
 ]
 
 
-def build_server(
-    core: Core, client_url: str, progress_interval: float
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+class EtcdServer(NamedTuple):
+    """The gRPC server and the services shutdown needs to reach."""
+
+    grpc: grpc.aio.Server
+    health: health.aio.HealthServicer
+    watch: WatchService
+
+
+def build_server(core: Core, client_url: str, progress_interval: float) -> EtcdServer:
     """An unstarted gRPC server with every etcd v3 service and the gRPC health service."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     headers = Headers(core)
+    watch = WatchService(core, headers, progress_interval)
     register(server, "KV", KVService(core, headers))
-    register(server, "Watch", WatchService(core, headers, progress_interval))
+    register(server, "Watch", watch)
     register(server, "Lease", LeaseService(core, headers))
     register(server, "Maintenance", MaintenanceService(core, headers))
     register(server, "Cluster", ClusterService(headers, client_url))
     register(server, "Auth", AuthService(headers))
     health_service = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
-    return server, health_service
+    return EtcdServer(server, health_service, watch)
 
 
-__all__ = ["ETCD_VERSION", "build_server", "health_pb2"]
+__all__ = ["ETCD_VERSION", "EtcdServer", "build_server", "health_pb2"]

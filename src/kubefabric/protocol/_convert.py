@@ -23,6 +23,7 @@ from kubefabric.core import (
     TxnOp,
     TxnResult,
     key_range_end,
+    request_selector,
 )
 from kubefabric.etcdpb import kv_pb2, rpc_pb2
 
@@ -68,6 +69,7 @@ def range_op(request: rpc_pb2.RangeRequest) -> RangeOp:
         max_mod_revision=request.max_mod_revision,
         min_create_revision=request.min_create_revision,
         max_create_revision=request.max_create_revision,
+        selector=request_selector(request.labelSelector, request.fieldSelector),
     )
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from kubefabric.core import Core, WatchBatch, Watcher, key_range_end
+from kubefabric.core import Core, InvalidSelector, WatchBatch, Watcher, key_range_end, request_selector
 from kubefabric.etcdpb import rpc_pb2
 from kubefabric.protocol._common import Headers, MalformedRequest
 from kubefabric.protocol._convert import event_message
@@ -22,6 +22,12 @@ STREAM_BUFFER = 128
 DUPLICATE_WATCH_ID = "mvcc: duplicate watch ID provided on the WatchStream"
 COMPACTED_START = "etcdserver: mvcc: required revision has been compacted"
 BROADCAST_ID = -1  # progress responses that speak for every watcher on the stream
+# etcd's rpctypes.ErrGRPCStopped: clients reconnect and resume their watches elsewhere or later.
+SERVER_STOPPED = "etcdserver: server stopped"
+
+
+class _Stopped:
+    """Queued to end a stream because the server is stopping."""
 
 
 class WatchService:
@@ -29,11 +35,23 @@ class WatchService:
         self.core = core
         self.headers = headers
         self.progress_interval = progress_interval
+        self._streams: set[_WatchStream] = set()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """End every watch stream now, and any opened from now on, as etcd does when it stops:
+        watches never finish by themselves, so waiting for them would only delay shutdown."""
+        self._stopping = True
+        for stream in self._streams:
+            stream.stop()
 
     async def Watch(
         self, requests: AsyncIterator[rpc_pb2.WatchRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[rpc_pb2.WatchResponse]:
         stream = _WatchStream(self.core, self.headers)
+        if self._stopping:
+            stream.stop()
+        self._streams.add(stream)
         receiving = asyncio.create_task(stream.receive(requests))
         ticking = asyncio.create_task(stream.notify_progress(self.progress_interval))
         try:
@@ -42,8 +60,12 @@ class WatchService:
                 if isinstance(response, MalformedRequest):
                     await context.abort(grpc.StatusCode.INTERNAL, response.status)
                     return
+                if isinstance(response, _Stopped):
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, SERVER_STOPPED)
+                    return
                 yield response
         finally:
+            self._streams.discard(stream)
             receiving.cancel()
             ticking.cancel()
             stream.close()
@@ -64,8 +86,10 @@ class _WatchStream:
     def __init__(self, core: Core, headers: Headers) -> None:
         self.hub = core.watches
         self.headers = headers
-        # Responses in send order; a malformed request ends the stream from the same queue.
-        self.responses: asyncio.Queue[rpc_pb2.WatchResponse | MalformedRequest] = asyncio.Queue(STREAM_BUFFER)
+        # Responses in send order; a malformed request or a stopping server ends the stream from the same queue.
+        self.responses: asyncio.Queue[rpc_pb2.WatchResponse | MalformedRequest | _Stopped] = asyncio.Queue(
+            STREAM_BUFFER
+        )
         self.watches: dict[int, _Watch] = {}
         self._next_id = 0
         self._progress_requests: set[asyncio.Task[None]] = set()
@@ -101,6 +125,11 @@ class _WatchStream:
                 self._next_id += 1
             watch_id = self._next_id
             self._next_id += 1
+        try:
+            selector = request_selector(request.labelSelector, request.fieldSelector)
+        except InvalidSelector as error:
+            await self._refuse(str(error))
+            return
         filters = set(request.filters)
         watcher = self.hub.watch(
             request.key or b"\0",
@@ -108,6 +137,7 @@ class _WatchStream:
             request.start_revision,
             no_put=rpc_pb2.WatchCreateRequest.NOPUT in filters,
             no_delete=rpc_pb2.WatchCreateRequest.NODELETE in filters,
+            selector=selector,
         )
         watch = _Watch(watch_id, watcher, request.prev_kv, request.progress_notify)
         self.watches[watch_id] = watch
@@ -192,6 +222,12 @@ class _WatchStream:
                 if watch.progress_notify and not watch.ended and not watch.sent_events and watch.watcher.idle:
                     await self.responses.put(rpc_pb2.WatchResponse(header=self.headers(), watch_id=watch.id))
                 watch.sent_events = False
+
+    def stop(self) -> None:
+        """End the stream before anything still queued: the client resumes from what it received."""
+        while not self.responses.empty():
+            self.responses.get_nowait()
+        self.responses.put_nowait(_Stopped())
 
     def close(self) -> None:
         for watch in list(self.watches.values()):

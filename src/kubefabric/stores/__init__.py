@@ -7,17 +7,21 @@ from collections.abc import Callable
 
 from kubefabric.stores._base import (
     LIVE,
+    Attribute,
     Change,
     HistoryUnavailable,
     KeyValue,
     PartialWriteFailure,
     RangeRows,
+    Selection,
     Store,
     StoredState,
     StoreUnavailable,
     WriteBatch,
 )
 from kubefabric.stores._etcd import EtcdOptions, EtcdStore
+from kubefabric.stores._ownership import OwnershipLock, OwnershipRefused, announce_listen_address
+from kubefabric.stores._selection import attributes
 from kubefabric.stores._sqlite import SqliteStore
 
 
@@ -64,19 +68,25 @@ def redact(endpoint: str) -> str:
 
 __all__ = [
     "LIVE",
+    "Attribute",
     "Change",
     "EndpointError",
     "EtcdOptions",
     "EtcdStore",
     "HistoryUnavailable",
     "KeyValue",
+    "OwnershipLock",
+    "OwnershipRefused",
     "PartialWriteFailure",
     "RangeRows",
+    "Selection",
     "SqliteStore",
     "Store",
     "StoreUnavailable",
     "StoredState",
     "WriteBatch",
+    "announce_listen_address",
+    "attributes",
     "open_store",
     "redact",
 ]

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
+from kubefabric.objects import Selector
+
 # `superseded` of a version nobody has replaced yet; larger than any revision.
 LIVE = 1 << 62
 
@@ -24,6 +26,25 @@ class KeyValue(NamedTuple):
     version: int
     value: bytes
     lease: int
+
+
+class Attribute(NamedTuple):
+    """One selectable attribute of one key version, as the SQL stores index it (see _selection.py)."""
+
+    key: bytes
+    mod_revision: int
+    name: str
+    value: str
+    number: int | None  # a label's value as `gt` and `lt` compare it
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """A Kubernetes label and field selector, for a store to answer in its database, and how to
+    match one stored value against it directly, for a store that cannot."""
+
+    selector: Selector
+    matches: Callable[[KeyValue], bool]  # whether the object a version holds matches
 
 
 class Change(NamedTuple):
@@ -49,6 +70,12 @@ class WriteBatch:
     granted_leases: list[tuple[int, int]] = field(default_factory=list)  # (lease id, ttl seconds)
     revoked_leases: list[int] = field(default_factory=list)
     compact_revision: int | None = None
+    # The selectable attributes of the versions written. Versions named in `reindexed` were stored
+    # before: their old attributes are replaced by those here (a CRD changed its selectable fields,
+    # or the index of an older database is being built).
+    attributes: list[Attribute] = field(default_factory=list)
+    reindexed: list[tuple[bytes, int]] = field(default_factory=list)
+    index_complete: bool = False  # the index now covers every stored version
 
 
 @dataclass(slots=True)
@@ -101,6 +128,8 @@ class StoredState:
     leases: dict[int, int]  # lease id -> granted ttl
     leased_keys: list[tuple[int, bytes]]  # (lease id, key) of live keys that carry a lease
     identity: int  # random id made when the database was created: cluster and member id
+    # Versions stored before this database had a selector index, which must be indexed before serving.
+    index_backlog: bool = False
 
 
 class StoreUnavailable(Exception):
@@ -144,11 +173,19 @@ class Store(Protocol):
         """Persist the batch atomically; return only once it is durable."""
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None = None,
     ) -> RangeRows:
-        """Keys in [start, end) (end None: only start; b"": no upper bound) as of `revision`.
+        """Keys in [start, end) (end None: only start; b"": no upper bound) as of `revision`, and
+        only those whose objects `selection` matches.
 
-        `count` is the number of keys in the range ignoring `limit`; `limit` 0 means no limit.
+        `count` is the number of such keys ignoring `limit`; `limit` 0 means no limit.
         """
 
     async def latest(self, key: bytes) -> KeyValue | None:
@@ -157,8 +194,27 @@ class Store(Protocol):
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         """Changes with after < revision <= until, in revision and sub order, `prev` filled in."""
 
+    async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
+        """Up to `limit` versions after (key, mod_revision) `after`, in that order, tombstones left
+        out: what building the selector index of an older database reads."""
+
     async def compact(self, revision: int) -> None:
         """Drop every version no read at revision >= `revision` can see."""
 
     async def size(self) -> int:
         """Bytes the database occupies."""
+
+    async def defragment(self) -> None:
+        """Give the space of removed rows back to the file system, as far as the database allows
+        while it keeps serving."""
+
+    async def read_note(self, name: str) -> str | None:
+        """The text kubefabric noted under `name` in this database (its own bookkeeping, never a
+        client's key), or None."""
+
+    async def write_note(self, name: str, text: str | None) -> None:
+        """Note `text` under `name` durably; None removes the note."""
+
+    async def remove_keys(self, keys: list[bytes]) -> None:
+        """Remove every stored version of these keys, leaving no event in the history: for keys
+        moved to another database by a topology migration, never for clients' deletes."""

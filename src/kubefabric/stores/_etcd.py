@@ -31,11 +31,12 @@ from kubefabric.stores._base import (
     HistoryUnavailable,
     KeyValue,
     RangeRows,
+    Selection,
     StoredState,
     StoreUnavailable,
     WriteBatch,
 )
-from kubefabric.stores._revisions import Mapped, RevisionMap, mapper_path
+from kubefabric.stores._revisions import EtcdIdentity, Mapped, RevisionMap, copy_shared_map, map_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +44,9 @@ T = TypeVar("T")
 # Holds the kubefabric revision of the last transaction written (ASCII digits). Outside
 # Kubernetes' /registry/ tree, and hidden from kubefabric's clients.
 META_KEY = b"/kubefabric/revision"
+# kubefabric's own keys, META_KEY and the notes (read_note), are all under this prefix, hidden.
+HIDDEN_PREFIX, HIDDEN_END = b"/kubefabric/", b"/kubefabric0"
+NOTE_PREFIX = HIDDEN_PREFIX + b"notes/"
 # etcd's default --max-txn-ops and --max-request-bytes, with room for the META_KEY put.
 MAX_TXN_OPS = 127
 MAX_TXN_BYTES = 1_400_000
@@ -50,6 +54,7 @@ MAX_TXN_BYTES = 1_400_000
 LEASE_TTL = 9_000_000_000
 # Generous: a loaded etcd may take seconds to fsync, and a timed-out write fails the client.
 RPC_TIMEOUT = 10.0
+DEFRAGMENT_TIMEOUT = 3600.0  # etcd rewrites its whole database file
 # Changes of the latest writes kept in memory: etcd answers a history read only on its next
 # watcher sync (up to 100 ms later), far too slow for watchers that are just catching up.
 RECENT_CHANGES = 10_000
@@ -68,7 +73,7 @@ class EtcdOptions:
     cafile: str = ""
     certfile: str = ""
     keyfile: str = ""
-    mapper_endpoint: str = "sqlite://./db/revisions.db"
+    mapper_endpoint: str = ""  # empty: each etcd store keeps a map file of its own (see map_path)
     mapper_history: float = 4 * 3600.0
     mapper_cache_capacity: int = 10000
 
@@ -91,10 +96,12 @@ def parse_endpoint(endpoint: str) -> tuple[str, bool]:
     return f"{host}:{port}", parts.scheme == "https"
 
 
-def _in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
+def _hidden_part(start: bytes, end: bytes | None) -> tuple[bytes, bytes] | None:
+    """The part of [start, end) (end None: only start; b"": no upper bound) under HIDDEN_PREFIX."""
     if end is None:
-        return key == start
-    return start <= key and (end == b"" or key < end)
+        return (start, start + b"\0") if start.startswith(HIDDEN_PREFIX) else None
+    low, high = max(start, HIDDEN_PREFIX), HIDDEN_END if end == b"" else min(end, HIDDEN_END)
+    return (low, high) if low < high else None
 
 
 class EtcdStore:
@@ -104,7 +111,7 @@ class EtcdStore:
         self._endpoint = endpoint
         self._target, self._tls = parse_endpoint(endpoint)
         self._options = options or EtcdOptions()
-        self._mapper_path: Path = mapper_path(self._options.mapper_endpoint)
+        self._mapper_path: Path = map_path(self._options.mapper_endpoint, self._target)
         self._channel: grpc.aio.Channel | None = None
         self._map: RevisionMap | None = None
         self._meta_created = 0  # etcd revision that created META_KEY; 0 while it does not exist
@@ -166,9 +173,12 @@ class EtcdStore:
         self._channel = self._connect()
         status = await self._call(rpc_pb2_grpc.MaintenanceStub(self._channel).Status, rpc_pb2.StatusRequest())
         cluster_id = status.header.cluster_id
+        etcd = EtcdIdentity.of(cluster_id, status.header.member_id, self._endpoint)
+        if not self._options.mapper_endpoint:
+            copy_shared_map(self._mapper_path, etcd)
         self._map = RevisionMap(
             self._mapper_path,
-            f"{cluster_id:016x}",
+            etcd,
             self._options.mapper_history,
             self._options.mapper_cache_capacity,
         )
@@ -227,10 +237,13 @@ class EtcdStore:
             return
         if meta is None or meta.mod_revision < mapper.head.etcd_last:
             if mapper.head.etcd_last > mapper.base_etcd:
+                written = "no kubefabric revision" if meta is None else f"kubefabric revision {int(meta.value)}"
                 raise RuntimeError(
-                    f"etcd at {self._endpoint} is behind the revision map {self._mapper_path} "
-                    f"(etcd revision {now}, mapped up to {mapper.head.etcd_last}): was it restored from a backup? "
-                    "Move the map file aside to adopt the etcd as it is now."
+                    f"etcd {mapper.etcd} is at etcd revision {now} and holds {written}, but its revision map "
+                    f"{self._mapper_path} maps kubefabric revision {mapper.head.kf} to etcd revision "
+                    f"{mapper.head.etcd_last}: a fresh etcd with the same cluster and member id, or one wiped or "
+                    f"restored from a backup. To adopt it as it is now, remove {self._mapper_path} or point "
+                    "--revision-mapper-endpoint at another file."
                 )
             return
         if meta.mod_revision > mapper.head.etcd_last:
@@ -330,8 +343,11 @@ class EtcdStore:
         for kf, revision_changes in groupby(changes, key=lambda change: change.kv.mod_revision):
             await self._send(kf, list(revision_changes), written)
 
-    def _previous(self) -> int | None:
-        """The kubefabric revision META_KEY holds now, None while it does not exist."""
+    def _previous(self, written: list[Mapped]) -> int | None:
+        """The kubefabric revision META_KEY holds now: the last one this batch wrote, else the map's
+        head; None while it does not exist."""
+        if written:
+            return written[-1].kf
         return self.map.head.kf if self._meta_created else None
 
     @staticmethod
@@ -352,32 +368,35 @@ class EtcdStore:
         """One revision; one too big for one etcd transaction goes as several, META_KEY in the last."""
         kv, _ = self._stubs()
         parts = _parts(revision_changes)
-        previous = self._previous()
+        previous = self._previous(written)
         first = 0
         for number, ops in enumerate(parts):
             result = await self._call(kv.Txn, self._txn(previous, kf, ops, last_part=number == len(parts) - 1))
             if not result.succeeded:
-                await self._check_fence()
+                await self._check_fence(previous)
                 raise StoreUnavailable(f"etcd at {self._endpoint}: revision {kf} was refused")
             first = first or result.header.revision
         self._applied(Mapped(kf, first, result.header.revision), written)
 
     def _applied(self, mapped: Mapped, written: list[Mapped]) -> None:
+        # Not the map's head yet: reads at the head must not reach etcd revisions the map cannot
+        # translate, nor writes the core has not acknowledged. `record` moves it, after the batch.
         written.append(mapped)
-        self.map.head = mapped
         self._meta_created = self._meta_created or mapped.etcd_last
 
-    async def _check_fence(self) -> None:
+    async def _check_fence(self, previous: int | None) -> None:
         """A refused transaction: someone else writes our etcd (or restored it from a backup)."""
         kv, _ = self._stubs()
         answer = await self._call(kv.Range, rpc_pb2.RangeRequest(key=META_KEY))
-        previous = self._previous()
         expected = None if previous is None else str(previous).encode()
         found = answer.kvs[0].value if answer.kvs else None
         if found != expected:
+            holds = "nothing" if found is None else found.decode(errors="replace")
+            wanted = "nothing" if expected is None else expected.decode()
             raise RuntimeError(
-                f"etcd at {self._endpoint} was written by another kubefabric (its revision key holds "
-                f"{found!r}, expected {expected!r}); refusing to write"
+                f"etcd at {self._endpoint} is written by another kubefabric too (its revision key holds {holds}, "
+                f"this server wrote {wanted} last); only one kubefabric may write an etcd, so this one refuses to "
+                "write: stop the other one, then restart this one"
             )
 
     # -- reading -----------------------------------------------------------------------------------
@@ -391,31 +410,57 @@ class EtcdStore:
         return self.map.etcd_at(revision)
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None = None,
     ) -> RangeRows:
+        if selection is not None:
+            # etcd cannot filter by what a value holds: read the whole range and match here.
+            rows = await self.range(start, end, revision, 0, False, False)
+            selected = [kv for kv in rows.kvs if selection.matches(kv)]
+            page = [] if count_only else selected[:limit] if limit else selected
+            if keys_only:
+                page = [kv._replace(value=b"") for kv in page]
+            return RangeRows(page, len(selected), rows.revision)
         kv, _ = self._stubs()
         head = self.map.revision
         etcd_revision = self._etcd_revision(revision)
-        hides_meta = _in_range(META_KEY, start, end) and 0 < self._meta_created <= etcd_revision
+        hidden = 0
+        if (part := _hidden_part(start, end)) is not None:
+            counted = await self._call(
+                kv.Range,
+                rpc_pb2.RangeRequest(key=part[0], range_end=part[1], revision=etcd_revision, count_only=True),
+            )
+            hidden = counted.count
         answer = await self._call(
             kv.Range,
             rpc_pb2.RangeRequest(
                 key=start,
                 range_end=b"" if end is None else end or b"\0",
                 revision=etcd_revision,
-                limit=limit + 1 if limit and hides_meta else limit,
+                limit=limit + hidden if limit else 0,
                 keys_only=keys_only,
                 count_only=count_only,
             ),
         )
-        found = [item for item in answer.kvs if item.key != META_KEY]
+        if 0 < revision < self.map.floor:  # pruned while etcd answered: the rows may no longer translate
+            raise HistoryUnavailable(self.map.floor)
+        found = [item for item in answer.kvs if not item.key.startswith(HIDDEN_PREFIX)]
         if limit:
             found = found[:limit]
-        return RangeRows(self._translate_kvs(found), answer.count - hides_meta, head)
+        return RangeRows(self._translate_kvs(found), answer.count - hidden, head)
 
     def _translate_kvs(self, found: list[kv_pb2.KeyValue]) -> list[KeyValue]:
         kf_of = self.map.to_kf({r for item in found for r in (item.mod_revision, item.create_revision)})
         return [_key_value(item, kf_of) for item in found]
+
+    async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
+        return []  # etcd keeps no selector index: selections are matched as values are read
 
     async def latest(self, key: bytes) -> KeyValue | None:
         rows = await self.range(key, None, 0, 0, False, False)
@@ -431,10 +476,14 @@ class EtcdStore:
         first, last = max(self.map.etcd_at(after) + 1, 2), self.map.etcd_at(until)
         if first > last:
             return []
-        return self._changes_of(await self._history(first, last, limit))
+        events = await self._history(first, last, limit)
+        if after + 1 < self.map.floor:  # pruned while etcd answered: the events may no longer translate
+            raise HistoryUnavailable(self.map.floor)
+        return self._changes_of(events)
 
     def _changes_of(self, events: list[kv_pb2.Event]) -> list[Change]:
-        """etcd's events as changes in kubefabric revisions, without META_KEY's."""
+        """etcd's events as changes in kubefabric revisions, without those of kubefabric's own keys."""
+        events = [event for event in events if not event.kv.key.startswith(HIDDEN_PREFIX)]
         kf_of = self.map.to_kf(
             {
                 revision
@@ -446,8 +495,6 @@ class EtcdStore:
         )
         changes: list[Change] = []
         for event in events:
-            if event.kv.key == META_KEY:
-                continue
             if event.type == kv_pb2.Event.PUT:
                 kv = _key_value(event.kv, kf_of)
             else:
@@ -505,7 +552,7 @@ class EtcdStore:
                             if events[-1].kv.key == META_KEY or events[-1].kv.mod_revision <= self.map.base_etcd:
                                 return events
                         events.append(event)
-                        found += event.kv.key != META_KEY
+                        found += not event.kv.key.startswith(HIDDEN_PREFIX)
                     if events and events[-1].kv.mod_revision >= last:
                         return events
         except grpc.aio.AioRpcError as error:
@@ -524,11 +571,43 @@ class EtcdStore:
             await self._call(kv.Compact, rpc_pb2.CompactionRequest(revision=self.map.etcd_at(revision)))
         self.map.prune()
 
+    async def defragment(self) -> None:
+        """etcd's own defragmentation (which holds etcd's writes while it runs)."""
+        if self._channel is None:
+            raise StoreUnavailable(f"etcd store {self._endpoint} is not open")
+        defragment = rpc_pb2_grpc.MaintenanceStub(self._channel).Defragment
+        try:
+            await defragment(rpc_pb2.DefragmentRequest(), timeout=DEFRAGMENT_TIMEOUT)
+        except grpc.aio.AioRpcError as error:
+            raise self._translate(error) from None
+
     async def size(self) -> int:
         if self._channel is None:
             raise StoreUnavailable(f"etcd store {self._endpoint} is not open")
         status = await self._call(rpc_pb2_grpc.MaintenanceStub(self._channel).Status, rpc_pb2.StatusRequest())
         return int(status.dbSize) + self._mapper_path.stat().st_size
+
+    # -- notes and moves ---------------------------------------------------------------------------
+
+    async def read_note(self, name: str) -> str | None:
+        kv, _ = self._stubs()
+        answer = await self._call(kv.Range, rpc_pb2.RangeRequest(key=NOTE_PREFIX + name.encode()))
+        return answer.kvs[0].value.decode() if answer.kvs else None
+
+    async def write_note(self, name: str, text: str | None) -> None:
+        # Outside kubefabric's revisions: etcd's revision moves, the map does not, and the event is
+        # left out of the history like META_KEY's.
+        kv, _ = self._stubs()
+        key = NOTE_PREFIX + name.encode()
+        if text is None:
+            await self._call(kv.DeleteRange, rpc_pb2.DeleteRangeRequest(key=key))
+        else:
+            await self._call(kv.Put, rpc_pb2.PutRequest(key=key, value=text.encode()))
+
+    async def remove_keys(self, keys: list[bytes]) -> None:
+        # etcd records a deletion as an event of a new etcd revision, which kubefabric's history
+        # would then show; and a copy into etcd could not keep the versions' revisions either.
+        raise RuntimeError(f"etcd at {self._endpoint}: keys cannot be moved into or out of an etcd store")
 
 
 def _key_value(item: kv_pb2.KeyValue, kf_of: dict[int, int]) -> KeyValue:

@@ -13,13 +13,14 @@ reused, so the server rolls back whatever it had open and the pool heals once th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import re
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
@@ -35,15 +36,18 @@ from kubefabric.stores._base import (
     Change,
     KeyValue,
     RangeRows,
+    Selection,
     StoredState,
     StoreUnavailable,
     WriteBatch,
     split_batch,
 )
+from kubefabric.stores._ownership import ConnectionLock, OwnershipLock, describe_this_process
+from kubefabric.stores._selection import MAX_NAME_BYTES, MAX_VALUE_BYTES, Dialect, selection_queries
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Keys are indexed in (superseded, key): InnoDB's 3072-byte index limit (DYNAMIC rows, 16 KiB pages)
 # leaves room for this with margin on every MySQL-compatible server.
 MAX_KEY_BYTES = 2048
@@ -63,6 +67,19 @@ CREATE TABLE IF NOT EXISTS kv (
     INDEX kv_history (mod_revision, sub)
 ) ENGINE = InnoDB ROW_FORMAT = DYNAMIC
 """
+# Version 2: the selector index (see _selection.py). Binary names and values compare exactly, and
+# (name, value, key) fits InnoDB's 3072-byte index entries.
+CREATE_ATTRIBUTE = f"""
+CREATE TABLE IF NOT EXISTS attribute (
+    `key` VARBINARY({MAX_KEY_BYTES}) NOT NULL,
+    mod_revision BIGINT NOT NULL,
+    name VARBINARY({MAX_NAME_BYTES}) NOT NULL,
+    value VARBINARY({MAX_VALUE_BYTES}) NOT NULL,
+    number BIGINT NULL,
+    PRIMARY KEY (`key`, mod_revision, name),
+    INDEX attribute_value (name, value, `key`)
+) ENGINE = InnoDB ROW_FORMAT = DYNAMIC
+"""
 CREATE_LEASE = "CREATE TABLE IF NOT EXISTS lease (id BIGINT PRIMARY KEY, ttl BIGINT NOT NULL) ENGINE = InnoDB"
 CREATE_META = """
 CREATE TABLE IF NOT EXISTS meta (name VARCHAR(64) CHARACTER SET ascii PRIMARY KEY, value BIGINT NOT NULL)
@@ -71,7 +88,7 @@ ENGINE = InnoDB
 # IGNORE: servers creating the schema at the same time all end up with the first one's rows.
 INIT_META = """
 INSERT IGNORE INTO meta (name, value)
-VALUES ('schema_version', %s), ('revision', 1), ('compact_revision', -1), ('identity', %s)
+VALUES ('schema_version', %s), ('revision', 1), ('compact_revision', -1), ('identity', %s), ('index_complete', 1)
 """
 CREATE_DATABASE = "CREATE DATABASE IF NOT EXISTS {database}"
 READ_META = "SELECT name, value FROM meta"
@@ -82,6 +99,31 @@ READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
 READ_SIZE = """
 SELECT COALESCE(SUM(data_length + index_length), 0) FROM information_schema.tables WHERE table_schema = DATABASE()
 """
+READ_TABLES = """
+SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'
+"""
+
+# The one writer's named lock (see MysqlOwnershipLock) and the table where its holder says who it is.
+TRY_OWNER_LOCK = "SELECT GET_LOCK(%s, 0)"
+OWNER_LOCK_HELD = "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()"
+OWNER_LOCK_CONNECTION = "SELECT IS_USED_LOCK(%s)"
+CREATE_OWNER = """
+CREATE TABLE IF NOT EXISTS {database}.kubefabric_owner
+(id TINYINT PRIMARY KEY, connection_id BIGINT NOT NULL, holder VARCHAR(1024) NOT NULL) ENGINE = InnoDB
+"""
+WRITE_OWNER = "REPLACE INTO {database}.kubefabric_owner VALUES (1, CONNECTION_ID(), %s)"
+READ_OWNER = "SELECT holder FROM {database}.kubefabric_owner WHERE connection_id = %s"
+PROCESS_HOST = "SELECT host FROM information_schema.PROCESSLIST WHERE id = %s"
+
+# kubefabric's own notes (the topology its keys were placed by); outside the versioned schema.
+CREATE_NOTES = """
+CREATE TABLE IF NOT EXISTS notes (name VARCHAR(64) CHARACTER SET ascii PRIMARY KEY, value LONGTEXT NOT NULL)
+ENGINE = InnoDB
+"""
+READ_NOTE = "SELECT value FROM notes WHERE name = %s"
+WRITE_NOTE = "INSERT INTO notes (name, value) VALUES (%s, %s) ON DUPLICATE KEY UPDATE value = VALUES(value)"
+DELETE_NOTE = "DELETE FROM notes WHERE name = %s"
+REMOVE_KEYS = "DELETE FROM {table} WHERE `key` IN ({keys})"
 
 START_SNAPSHOT = "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
 START_WRITE = "START TRANSACTION"
@@ -133,7 +175,24 @@ SET_META = "UPDATE meta SET value = %s WHERE name = %s"
 # Compaction deletes only rows no writer touches; READ COMMITTED keeps its scans from taking gap locks
 # that would make a concurrent write wait. The setting applies to the next statement only.
 NEXT_STATEMENT_READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
-COMPACT_CHUNK = "DELETE FROM kv WHERE superseded <= %s LIMIT %s"
+COMPACT_CHUNK = "SELECT `key`, mod_revision FROM kv WHERE superseded <= %s LIMIT %s"
+VERSIONS = "(`key`, mod_revision) IN ({versions})"
+INSERT_ATTRIBUTE = "INSERT INTO attribute (`key`, mod_revision, name, value, number) VALUES (%s, %s, %s, %s, %s)"
+UPGRADE_TO_2 = (
+    CREATE_ATTRIBUTE,
+    "INSERT IGNORE INTO meta (name, value) VALUES ('index_complete', 0)",
+    "UPDATE meta SET value = 2 WHERE name = 'schema_version'",
+)
+UNINDEXED = f"""
+SELECT {KV_FIELDS} FROM kv FORCE INDEX (PRIMARY) WHERE (`key`, mod_revision) > (%s, %s) AND version > 0
+ORDER BY `key`, mod_revision LIMIT %s
+"""
+DIALECT = Dialect(
+    placeholder=lambda n: "%s",
+    key="`key`",
+    empty_value="x''",
+    driven_join="attribute d FORCE INDEX (attribute_value) STRAIGHT_JOIN kv FORCE INDEX (PRIMARY)",
+)
 COMPACT_CHUNK_ROWS = 1000
 
 POOL_SIZE = 16
@@ -274,6 +333,18 @@ def _tls_context(options: dict[str, str]) -> ssl.SSLContext | None:
     return context
 
 
+@contextmanager
+def _failures_as_unavailable(database: str) -> Iterator[None]:
+    """Connection failures become StoreUnavailable naming the (redacted) database and what happened."""
+    try:
+        yield
+    except Exception as error:
+        if _is_connection_failure(error):
+            reason = str(error) or type(error).__name__
+            raise StoreUnavailable(f"cannot reach the database at {database}: {reason}") from error
+        raise
+
+
 def _is_connection_failure(error: BaseException) -> bool:
     if isinstance(error, OperationalError):
         return bool(error.args) and error.args[0] in CONNECTION_FAILURES
@@ -313,24 +384,32 @@ class _ConnectionPool:
 
     async def connect(self, database: str | None) -> Connection:
         endpoint = self._endpoint
-        async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
-            return await asyncmy.connect(
-                host=endpoint.host,
-                port=endpoint.port,
-                unix_socket=endpoint.unix_socket,
-                user=endpoint.user,
-                password=endpoint.password,
-                database=database,
-                ssl=endpoint.tls,
-                charset="utf8mb4",
-                sql_mode=SQL_MODE,
-                init_command=INIT_SESSION,
-                autocommit=True,
-                binary_prefix=True,  # bytes are sent as _binary'...': never read as text
-                connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                read_timeout=READ_TIMEOUT_SECONDS,
-                program_name="kubefabric",
-            )
+        where = endpoint.unix_socket or f"{endpoint.host}:{endpoint.port}"
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_SECONDS):
+                return await self._connect(database)
+        except TimeoutError:  # its own text is empty
+            raise TimeoutError(f"timed out after {CONNECT_TIMEOUT_SECONDS:g} s connecting to {where}") from None
+
+    async def _connect(self, database: str | None) -> Connection:
+        endpoint = self._endpoint
+        return await asyncmy.connect(
+            host=endpoint.host,
+            port=endpoint.port,
+            unix_socket=endpoint.unix_socket,
+            user=endpoint.user,
+            password=endpoint.password,
+            database=database,
+            ssl=endpoint.tls,
+            charset="utf8mb4",
+            sql_mode=SQL_MODE,
+            init_command=INIT_SESSION,
+            autocommit=True,
+            binary_prefix=True,  # bytes are sent as _binary'...': never read as text
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+            program_name="kubefabric",
+        )
 
     async def close(self) -> None:
         self.closed = True
@@ -354,20 +433,15 @@ class MysqlStore:
         self._endpoint = parse_endpoint(endpoint)
         self._redacted = redact(endpoint)
         self._pool = _ConnectionPool(self._endpoint, pool_size)
+        self.ownership: OwnershipLock = MysqlOwnershipLock(self._pool, self._endpoint, self._redacted)
 
     def __repr__(self) -> str:
         return self._redacted
 
     # -- connections ---------------------------------------------------------------------------
 
-    @contextmanager
-    def _failures_as_unavailable(self) -> Iterator[None]:
-        try:
-            yield
-        except Exception as error:
-            if _is_connection_failure(error):
-                raise StoreUnavailable(f"cannot reach the database at {self._redacted}: {error}") from error
-            raise
+    def _failures_as_unavailable(self) -> AbstractContextManager[None]:
+        return _failures_as_unavailable(self._redacted)
 
     @asynccontextmanager
     async def _session(self, first_statement: str, args: Sequence[object] = ()) -> AsyncIterator[Cursor]:
@@ -411,27 +485,38 @@ class MysqlStore:
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def open(self) -> StoredState:
-        version = await self._schema_version()
-        if version is None:
-            await self._create_schema()
-        elif version > SCHEMA_VERSION:
+        version = await self._schema_version()  # creates a missing database, where the lock's holder says who it is
+        if version is not None and version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"database {self._endpoint.database} has schema version {version}, newer than this kubefabric "
                 f"({SCHEMA_VERSION}); upgrade kubefabric"
             )
-        async with self._transaction(START_SNAPSHOT) as cursor:
-            await cursor.execute(READ_META)
-            meta = dict(await cursor.fetchall())
-            await cursor.execute(READ_LEASES)
-            leases = dict(await cursor.fetchall())
-            await cursor.execute(READ_LEASED_KEYS)
-            leased_keys = list(await cursor.fetchall())
+        await self.ownership.acquire()
+        try:
+            if version is None:
+                await self._create_schema()
+            elif version == 1:
+                log.info("upgrading database %s to schema version 2: a selector index", self._endpoint.database)
+                async with self._session(UPGRADE_TO_2[0]) as cursor:
+                    for statement in UPGRADE_TO_2[1:]:
+                        await cursor.execute(statement)
+            async with self._transaction(START_SNAPSHOT) as cursor:
+                await cursor.execute(READ_META)
+                meta = dict(await cursor.fetchall())
+                await cursor.execute(READ_LEASES)
+                leases = dict(await cursor.fetchall())
+                await cursor.execute(READ_LEASED_KEYS)
+                leased_keys = list(await cursor.fetchall())
+        except BaseException:
+            await self.ownership.release()
+            raise
         return StoredState(
             revision=meta["revision"],
             compact_revision=meta["compact_revision"],
             leases=leases,
             leased_keys=leased_keys,
             identity=meta["identity"],
+            index_backlog=not meta["index_complete"],
         )
 
     async def _schema_version(self) -> int | None:
@@ -464,10 +549,12 @@ class MysqlStore:
         async with self._session(CREATE_KV) as cursor:
             await cursor.execute(CREATE_LEASE)
             await cursor.execute(CREATE_META)
+            await cursor.execute(CREATE_ATTRIBUTE)
             await cursor.execute(INIT_META, (SCHEMA_VERSION, random.getrandbits(63)))
 
     async def close(self) -> None:
         await self._pool.close()
+        await self.ownership.release()
 
     async def revision(self) -> int:
         async with self._session(READ_REVISION) as cursor:
@@ -478,6 +565,7 @@ class MysqlStore:
 
     async def write(self, batch: WriteBatch) -> None:
         updates, inserts = split_batch(batch)
+        await self.ownership.check()
         async with self._transaction(START_WRITE) as cursor:
             for start in range(0, len(updates), SUPERSEDE_CHUNK_ROWS):
                 chunk = updates[start : start + SUPERSEDE_CHUNK_ROWS]
@@ -494,32 +582,62 @@ class MysqlStore:
             if batch.revoked_leases:
                 ids = ", ".join(["%s"] * len(batch.revoked_leases))
                 await cursor.execute(DELETE_LEASES.format(ids=ids), batch.revoked_leases)
+            for start in range(0, len(batch.reindexed), SUPERSEDE_CHUNK_ROWS):
+                await _delete_versions(cursor, "attribute", batch.reindexed[start : start + SUPERSEDE_CHUNK_ROWS])
+            await cursor.executemany(INSERT_ATTRIBUTE, batch.attributes)
             await cursor.execute(SET_META, (batch.revision, "revision"))
             if batch.compact_revision is not None:
                 await cursor.execute(SET_META, (batch.compact_revision, "compact_revision"))
+            if batch.index_complete:
+                await cursor.execute(SET_META, (1, "index_complete"))
 
     async def compact(self, revision: int) -> None:
         # Small chunks, each its own transaction, so writers are never held up for long.
         deleted = COMPACT_CHUNK_ROWS
         while deleted == COMPACT_CHUNK_ROWS:
             async with self._session(NEXT_STATEMENT_READ_COMMITTED) as cursor:
-                deleted = await cursor.execute(COMPACT_CHUNK, (revision, COMPACT_CHUNK_ROWS))
+                await cursor.execute(START_WRITE)
+                await cursor.execute(COMPACT_CHUNK, (revision, COMPACT_CHUNK_ROWS))
+                versions = list(await cursor.fetchall())
+                if versions:
+                    await _delete_versions(cursor, "attribute", versions)
+                    await _delete_versions(cursor, "kv", versions)
+                await cursor.execute(COMMIT)
+            deleted = len(versions)
+
+    async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
+        async with self._session(UNINDEXED, (*after, limit)) as cursor:
+            return [KeyValue._make(row) for row in await cursor.fetchall()]
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None = None,
     ) -> RangeRows:
         async with self._transaction(START_SNAPSHOT) as cursor:
             await cursor.execute(READ_REVISION)
             (head,) = await cursor.fetchone()
-            rows, params = range_rows(start, end, None if revision <= 0 or revision >= head else revision)
+            past = None if revision <= 0 or revision >= head else revision
+            if selection is None:
+                rows, params = range_rows(start, end, past)
+                select, count = select_range(rows, keys_only, limit), COUNT_RANGE.format(rows=rows)
+            else:
+                select, count, params = selection_queries(
+                    DIALECT, selection.selector, start, end, past, limit, keys_only
+                )
             if count_only:
-                return RangeRows([], await _count(cursor, rows, params), head)
-            await cursor.execute(select_range(rows, keys_only, limit), params)
+                return RangeRows([], await _count(cursor, count, params), head)
+            await cursor.execute(select, params)
             kvs = [KeyValue._make(row) for row in await cursor.fetchall()]
-            count = len(kvs) if limit <= 0 or len(kvs) < limit else await _count(cursor, rows, params)
-        return RangeRows(kvs, count, head)
+            total = len(kvs) if limit <= 0 or len(kvs) < limit else await _count(cursor, count, params)
+        return RangeRows(kvs, total, head)
 
     async def latest(self, key: bytes) -> KeyValue | None:
         async with self._session(LATEST, (key,)) as cursor:
@@ -541,6 +659,39 @@ class MysqlStore:
             (size,) = await cursor.fetchone()
         return int(size)
 
+    async def defragment(self) -> None:
+        """OPTIMIZE TABLE on each table: InnoDB rebuilds it online (reads and writes go on, but for
+        short locks at its start and end) and returns the freed space to the file system."""
+        async with self._session(READ_TABLES) as cursor:
+            tables = [name for (name,) in await cursor.fetchall()]
+            for table in tables:
+                await cursor.execute(f"OPTIMIZE TABLE {_quote_identifier(table)}")
+                for _, _, kind, text in await cursor.fetchall():
+                    if kind == "error":
+                        raise RuntimeError(f"OPTIMIZE TABLE {table}: {text}")
+
+    # -- notes and moves ------------------------------------------------------------------------
+
+    async def read_note(self, name: str) -> str | None:
+        async with self._session(CREATE_NOTES) as cursor:
+            await cursor.execute(READ_NOTE, (name,))
+            row = await cursor.fetchone()
+        return None if row is None else str(row[0])
+
+    async def write_note(self, name: str, text: str | None) -> None:
+        async with self._session(CREATE_NOTES) as cursor:
+            if text is None:
+                await cursor.execute(DELETE_NOTE, (name,))
+            else:
+                await cursor.execute(WRITE_NOTE, (name, text))
+
+    async def remove_keys(self, keys: list[bytes]) -> None:
+        if not keys:
+            return
+        async with self._transaction(START_WRITE) as cursor:
+            for table in ("kv", "attribute"):
+                await cursor.execute(REMOVE_KEYS.format(table=table, keys=", ".join(["%s"] * len(keys))), keys)
+
 
 def range_rows(start: bytes, end: bytes | None, revision: int | None) -> tuple[str, list[object]]:
     """The FROM and WHERE of a range read and their parameters; `revision` None reads the live versions."""
@@ -557,11 +708,100 @@ def select_range(rows: str, keys_only: bool, limit: int) -> str:
     return query + (f" LIMIT {limit}" if limit > 0 else "")
 
 
-async def _count(cursor: Cursor, rows: str, params: list[object]) -> int:
-    await cursor.execute(COUNT_RANGE.format(rows=rows), params)
-    (count,) = await cursor.fetchone()
-    return int(count)
+async def _count(cursor: Cursor, count: str, params: list[object]) -> int:
+    await cursor.execute(count, params)
+    (total,) = await cursor.fetchone()
+    return int(total)
+
+
+async def _delete_versions(cursor: Cursor, table: str, versions: Sequence[tuple[bytes, int]]) -> None:
+    """Delete the rows of these (key, mod_revision) versions from `table` in one statement."""
+    where = VERSIONS.format(versions=", ".join(["(%s, %s)"] * len(versions)))
+    await cursor.execute(f"DELETE FROM {table} WHERE {where}", [value for version in versions for value in version])
 
 
 def _quote_identifier(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
+
+
+class MysqlOwnershipLock(ConnectionLock):
+    """GET_LOCK on a dedicated connection; the holder writes who it is into `kubefabric_owner`."""
+
+    def __init__(self, pool: _ConnectionPool, endpoint: MysqlEndpoint, redacted: str) -> None:
+        super().__init__(redacted)
+        self._pool = pool
+        self._database = _quote_identifier(endpoint.database)
+        # Named locks are server-wide and their names at most 64 characters long.
+        name = f"kubefabric:{endpoint.database}"
+        self._name = name if len(name) <= 64 else f"kubefabric:{hashlib.sha256(name.encode()).hexdigest()[:53]}"
+        self._connection: Connection | None = None
+
+    async def _try_lock(self) -> bool:
+        await self._drop()
+        with _failures_as_unavailable(self.database):
+            connection = await self._pool.connect(database=None)
+            try:
+                async with connection.cursor() as cursor:
+                    await cursor.execute(TRY_OWNER_LOCK, (self._name,))
+                    (locked,) = await cursor.fetchone()
+                    if locked == 1:
+                        await self._announce(cursor)
+            except BaseException:
+                connection.close()
+                raise
+        if locked != 1:
+            await _quit(connection)
+            return False
+        self._connection = connection
+        return True
+
+    async def _announce(self, cursor: Cursor) -> None:
+        """Say who holds the lock, for the servers it refuses."""
+        write = WRITE_OWNER.format(database=self._database)
+        try:
+            await cursor.execute(write, (describe_this_process(),))
+        except ProgrammingError as error:
+            if error.args[0] != ER_NO_SUCH_TABLE:
+                raise
+            await cursor.execute(CREATE_OWNER.format(database=self._database))
+            await cursor.execute(write, (describe_this_process(),))
+
+    async def _still_held(self) -> bool:
+        if self._connection is None:
+            return False
+        try:
+            async with self._connection.cursor() as cursor:
+                await cursor.execute(OWNER_LOCK_HELD, (self._name,))
+                (held,) = await cursor.fetchone()
+            return bool(held == 1)
+        except Exception as error:
+            if _is_connection_failure(error):
+                return False
+            raise
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()  # no goodbye round trip: the server may be gone
+
+    async def holder(self) -> str | None:
+        with _failures_as_unavailable(self.database):
+            connection = await self._pool.connect(database=None)
+            try:
+                async with connection.cursor() as cursor:
+                    await cursor.execute(OWNER_LOCK_CONNECTION, (self._name,))
+                    (connection_id,) = await cursor.fetchone()
+                    if connection_id is None:
+                        return None
+                    try:
+                        await cursor.execute(READ_OWNER.format(database=self._database), (connection_id,))
+                        row = await cursor.fetchone()
+                    except ProgrammingError:  # no owner table yet
+                        row = None
+                    if row is not None:
+                        return str(row[0])
+                    await cursor.execute(PROCESS_HOST, (connection_id,))
+                    host = await cursor.fetchone()
+                    return f"connection {connection_id} from {host[0] if host else 'an unknown host'}"
+            finally:
+                await _quit(connection)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
@@ -25,15 +25,34 @@ from kubefabric.stores._base import (
     Change,
     KeyValue,
     RangeRows,
+    Selection,
     StoredState,
     StoreUnavailable,
     WriteBatch,
     split_batch,
 )
+from kubefabric.stores._ownership import ConnectionLock, OwnershipLock, moment, this_process
+from kubefabric.stores._selection import Dialect, selection_queries
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2: the selector index (see _selection.py). Byte order ("C") for names and values, so
+# equality is exact and nothing depends on the database's locale.
+ATTRIBUTE_SCHEMA = """
+CREATE TABLE attribute (
+    key bytea NOT NULL,
+    mod_revision bigint NOT NULL,
+    name text COLLATE "C" NOT NULL,
+    value text COLLATE "C" NOT NULL,
+    number bigint,
+    PRIMARY KEY (key, mod_revision, name)
+);
+CREATE INDEX attribute_value ON attribute (name, value, key, mod_revision);
+-- Opaque versions are few or none: without statistics (a fresh or fast-growing table) the planner
+-- would look for them among every attribute of the range; this index holds only them.
+CREATE INDEX attribute_opaque ON attribute (key, mod_revision) WHERE name = '';
+"""
 # Serializes schema creation between kubefabric processes starting on the same empty database.
 SCHEMA_LOCK_ID = 0x6B75_6265_6661_62  # "kubefab"
 SCHEMA = f"""
@@ -54,9 +73,27 @@ CREATE INDEX kv_live ON kv (superseded, key);
 CREATE INDEX kv_history ON kv (mod_revision, sub);
 CREATE TABLE lease (id bigint PRIMARY KEY, ttl bigint NOT NULL);
 CREATE TABLE meta (name text PRIMARY KEY, value bigint NOT NULL);
-INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', -1);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', -1),
+    ('index_complete', 1);
+{ATTRIBUTE_SCHEMA}
 """
+UPGRADE_TO_2 = f"""
+{ATTRIBUTE_SCHEMA}
+INSERT INTO meta VALUES ('index_complete', 0);
+UPDATE meta SET value = 2 WHERE name = 'schema_version';
+"""
+READ_SCHEMA_VERSION = "SELECT value FROM meta WHERE name = 'schema_version'"
 LOCK_SCHEMA = f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"
+# The one writer's session-level lock (see PostgresOwnershipLock).
+OWNER_LOCK_ID = 0x6B75_6265_6F77_6E  # "kubeown"
+TRY_OWNER_LOCK = f"SELECT pg_try_advisory_lock({OWNER_LOCK_ID})"
+OWNER_LOCK_HELD = "SELECT true"  # a session lock lasts as long as its session
+READ_OWNER_LOCK_HOLDER = """
+SELECT a.application_name, a.backend_start, a.client_addr::text
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid::bigint = $1 AND l.objid::bigint = $2 AND l.objsubid = 1
+    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
 SCHEMA_EXISTS = "SELECT to_regclass('meta') IS NOT NULL"
 INSERT_IDENTITY = "INSERT INTO meta VALUES ('identity', $1)"
 READ_META = "SELECT name, value FROM meta"
@@ -64,9 +101,14 @@ READ_LEASES = "SELECT id, ttl FROM lease"
 READ_LEASED_KEYS = f"SELECT lease, key FROM kv WHERE superseded = {LIVE} AND lease != 0"
 READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
 READ_SYNCHRONOUS_COMMIT = "SHOW synchronous_commit"
-READ_SIZE = "SELECT pg_total_relation_size('kv') + pg_total_relation_size('lease') + pg_total_relation_size('meta')"
+READ_SIZE = """
+SELECT pg_total_relation_size('kv') + pg_total_relation_size('attribute') + pg_total_relation_size('lease')
+    + pg_total_relation_size('meta')
+"""
 
-ANALYZE = "ANALYZE kv"
+ANALYZE = "ANALYZE kv, attribute"
+VACUUM = "VACUUM (ANALYZE)"  # every table of the database, which is kubefabric's alone
+MAINTENANCE_TIMEOUT = 3600.0
 ANALYZE_MIN_ROWS = 5000
 
 # One statement per batch. The CTEs all see the snapshot from before the statement, which is safe
@@ -86,6 +128,9 @@ WITH superseded AS (
     ON CONFLICT (id) DO UPDATE SET ttl = EXCLUDED.ttl
 ), revoked AS (
     DELETE FROM lease WHERE id = ANY($14::bigint[])
+), attributes AS (
+    INSERT INTO attribute (key, mod_revision, name, value, number)
+    SELECT * FROM unnest($17::bytea[], $18::bigint[], $19::text[], $20::text[], $21::bigint[])
 )
 UPDATE meta SET value = CASE name WHEN 'revision' THEN $15::bigint ELSE $16::bigint END
 WHERE name = 'revision' OR (name = 'compact_revision' AND $16::bigint IS NOT NULL)
@@ -95,13 +140,27 @@ WHERE name = 'revision' OR (name = 'compact_revision' AND $16::bigint IS NOT NUL
 # ORDER BY makes every chunk an index scan from the oldest superseded version.
 COMPACT_CHUNK_ROWS = 2000
 COMPACT_CHUNK = f"""
-DELETE FROM kv WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM kv WHERE superseded <= $1 ORDER BY superseded LIMIT {COMPACT_CHUNK_ROWS}
-))
+WITH chunk AS (
+    SELECT ctid, key, mod_revision FROM kv WHERE superseded <= $1 ORDER BY superseded LIMIT {COMPACT_CHUNK_ROWS}
+), attributes AS (
+    DELETE FROM attribute a USING chunk WHERE a.key = chunk.key AND a.mod_revision = chunk.mod_revision
+)
+DELETE FROM kv WHERE ctid = ANY(ARRAY(SELECT ctid FROM chunk))
 """
+# Versions whose attributes a batch replaces go first, in the batch's transaction: the statement
+# that inserts the new ones sees the table as it was before it started.
+DELETE_ATTRIBUTES = """
+DELETE FROM attribute a USING unnest($1::bytea[], $2::bigint[]) AS r (key, mod_revision)
+WHERE a.key = r.key AND a.mod_revision = r.mod_revision
+"""
+SET_INDEX_COMPLETE = "UPDATE meta SET value = 1 WHERE name = 'index_complete'"
 
 KV_FIELDS = "key, create_revision, mod_revision, version, value, lease"
 KV_KEYS_ONLY = "key, create_revision, mod_revision, version, ''::bytea, lease"
+UNINDEXED = f"""
+SELECT {KV_FIELDS} FROM kv WHERE (key, mod_revision) > ($1, $2) AND version > 0 ORDER BY key, mod_revision LIMIT $3
+"""
+DIALECT = Dialect(placeholder=lambda n: f"${n}", key="key", empty_value="''::bytea")
 LATEST = f"SELECT {KV_FIELDS} FROM kv WHERE superseded = {LIVE} AND key = $1"
 # Which versions a range sees: the live ones, or those valid at revision ${n}.
 LIVE_VERSIONS = f"superseded = {LIVE}"
@@ -128,6 +187,16 @@ WHERE e.mod_revision > $1 AND e.mod_revision <= coalesce((
     ORDER BY mod_revision, sub LIMIT 1 OFFSET $3 - 1
 ), $2)
 ORDER BY e.mod_revision, e.sub
+"""
+
+# kubefabric's own notes (the topology its keys were placed by); outside the versioned schema.
+CREATE_NOTES = "CREATE TABLE IF NOT EXISTS notes (name text PRIMARY KEY, value text NOT NULL)"
+READ_NOTE = "SELECT value FROM notes WHERE name = $1"
+WRITE_NOTE = "INSERT INTO notes (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+DELETE_NOTE = "DELETE FROM notes WHERE name = $1"
+REMOVE_KEYS = """
+WITH attributes AS (DELETE FROM attribute WHERE key = ANY($1::bytea[]))
+DELETE FROM kv WHERE key = ANY($1::bytea[])
 """
 
 CREATE_DATABASE = "CREATE DATABASE {name}"
@@ -216,6 +285,7 @@ class PostgresStore:
         self._rows_since_analyze = 0
         self._rows_at_analyze = 0
         self._analyzing: asyncio.Task[None] | None = None
+        self.ownership: OwnershipLock = PostgresOwnershipLock(self._dsn, self._endpoint)
 
     def __repr__(self) -> str:
         return self._endpoint
@@ -223,10 +293,7 @@ class PostgresStore:
     # -- connections ---------------------------------------------------------------------------
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
-        reason = str(error) or type(error).__name__
-        if isinstance(error, TimeoutError):
-            reason = f"no answer within the timeout ({reason})"
-        return StoreUnavailable(f"PostgreSQL at {self._endpoint} is unavailable: {reason}")
+        return _unavailable(self._endpoint, error)
 
     def _is_outage(self, error: BaseException, connection: asyncpg.Connection | None) -> bool:
         # asyncpg reports a closed connection or pool as InterfaceError; other InterfaceErrors are bugs.
@@ -297,10 +364,11 @@ class PostgresStore:
         self._pool = await self._create_pool()  # connects lazily, on first use
         try:
             try:
-                await self._create_schema()
+                await self.ownership.acquire()
             except asyncpg.InvalidCatalogNameError:
                 await self._create_database()
-                await self._create_schema()
+                await self.ownership.acquire()
+            await self._create_schema()
             return await self._read_state()
         except BaseException:
             await self.close()
@@ -329,6 +397,9 @@ class PostgresStore:
                 log.info("creating schema version %d in %s", SCHEMA_VERSION, self._endpoint)
                 await connection.execute(SCHEMA)
                 await connection.execute(INSERT_IDENTITY, random.getrandbits(63))
+            elif await connection.fetchval(READ_SCHEMA_VERSION) == 1:
+                log.info("upgrading %s to schema version 2: a selector index", self._endpoint)
+                await connection.execute(UPGRADE_TO_2)
 
     async def _read_state(self) -> StoredState:
         async with self._connection() as connection:
@@ -346,6 +417,7 @@ class PostgresStore:
                 leases=dict(await connection.fetch(READ_LEASES)),
                 leased_keys=[(row[0], row[1]) for row in await connection.fetch(READ_LEASED_KEYS)],
                 identity=meta["identity"],
+                index_backlog=not meta["index_complete"],
             )
 
     async def close(self) -> None:
@@ -354,6 +426,7 @@ class PostgresStore:
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+        await self.ownership.release()
 
     async def revision(self) -> int:
         async with self._connection() as connection:
@@ -365,17 +438,26 @@ class PostgresStore:
         updates, inserts = split_batch(batch)
         granted_ids = [lease for lease, _ in batch.granted_leases]
         granted_ttls = [ttl for _, ttl in batch.granted_leases]
-        async with self._connection() as connection:
-            await connection.execute(
-                WRITE_BATCH,
-                *_columns(updates, 3),
-                *_columns(inserts, len(ROW_COLUMNS)),
-                granted_ids,
-                granted_ttls,
-                batch.revoked_leases,
-                batch.revision,
-                batch.compact_revision,
-            )
+        await self.ownership.check()
+        arguments = (
+            *_columns(updates, 3),
+            *_columns(inserts, len(ROW_COLUMNS)),
+            granted_ids,
+            granted_ttls,
+            batch.revoked_leases,
+            batch.revision,
+            batch.compact_revision,
+            *_columns(batch.attributes, 5),
+        )
+        if batch.reindexed or batch.index_complete:
+            async with self._transaction() as connection:
+                await connection.execute(DELETE_ATTRIBUTES, *_columns(batch.reindexed, 2))
+                await connection.execute(WRITE_BATCH, *arguments)
+                if batch.index_complete:
+                    await connection.execute(SET_INDEX_COMPLETE)
+        else:
+            async with self._connection() as connection:
+                await connection.execute(WRITE_BATCH, *arguments)
         self._keep_statistics_fresh(len(inserts))
 
     def _keep_statistics_fresh(self, inserted: int) -> None:
@@ -408,12 +490,24 @@ class PostgresStore:
     # -- reads ---------------------------------------------------------------------------------
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None = None,
     ) -> RangeRows:
         async with self._snapshot() as connection:
             head = await connection.fetchval(READ_REVISION)
             past = revision if 0 < revision < head else None
-            select, count, params = range_queries(start, end, past, limit, keys_only)
+            if selection is None:
+                select, count, params = range_queries(start, end, past, limit, keys_only)
+            else:
+                select, count, params = selection_queries(
+                    DIALECT, selection.selector, start, end, past, limit, keys_only
+                )
             if count_only:
                 return RangeRows([], await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT), head)
             rows = await connection.fetch(select, *params, timeout=BULK_READ_TIMEOUT)
@@ -422,6 +516,11 @@ class PostgresStore:
             else:
                 total = await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT)
         return RangeRows([KeyValue._make(row) for row in rows], total, head)
+
+    async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
+        async with self._connection() as connection:
+            rows = await connection.fetch(UNINDEXED, *after, limit, timeout=BULK_READ_TIMEOUT)
+        return [KeyValue._make(row) for row in rows]
 
     async def latest(self, key: bytes) -> KeyValue | None:
         async with self._connection() as connection:
@@ -439,6 +538,38 @@ class PostgresStore:
     async def size(self) -> int:
         async with self._connection() as connection:
             return int(await connection.fetchval(READ_SIZE))
+
+    async def defragment(self) -> None:
+        """Plain VACUUM of every table, not VACUUM FULL.
+
+        VACUUM FULL would shrink the files most, but it rewrites each table under an ACCESS
+        EXCLUSIVE lock: every read and write of kube-apiserver would stop for the whole rewrite.
+        Plain VACUUM runs beside reads and writes: it makes the space of compacted rows reusable
+        (Kubernetes rewrites objects constantly, so it is reused soon), gives the empty pages at
+        the end of each table back to the file system, and refreshes the planner's statistics.
+        """
+        async with self._connection() as connection:
+            await connection.execute(VACUUM, timeout=MAINTENANCE_TIMEOUT)
+
+    # -- notes and moves ------------------------------------------------------------------------
+
+    async def read_note(self, name: str) -> str | None:
+        async with self._connection() as connection:
+            await connection.execute(CREATE_NOTES)
+            value = await connection.fetchval(READ_NOTE, name)
+        return None if value is None else str(value)
+
+    async def write_note(self, name: str, text: str | None) -> None:
+        async with self._connection() as connection:
+            await connection.execute(CREATE_NOTES)
+            if text is None:
+                await connection.execute(DELETE_NOTE, name)
+            else:
+                await connection.execute(WRITE_NOTE, name, text)
+
+    async def remove_keys(self, keys: list[bytes]) -> None:
+        async with self._connection() as connection:
+            await connection.execute(REMOVE_KEYS, keys, timeout=BULK_READ_TIMEOUT)
 
 
 def range_queries(
@@ -463,6 +594,14 @@ def range_queries(
     return select, COUNT_RANGE.format(versions=versions, keys=keys), params
 
 
+def _unavailable(endpoint: str, error: BaseException) -> StoreUnavailable:
+    if isinstance(error, TimeoutError):  # its text is empty
+        reason = f"no answer within the timeout ({CONNECT_TIMEOUT:g} s to connect, {COMMAND_TIMEOUT:g} s per statement)"
+    else:
+        reason = str(error) or type(error).__name__
+    return StoreUnavailable(f"PostgreSQL at {endpoint} is unavailable: {reason}")
+
+
 def _is_closed(connection: asyncpg.Connection) -> bool:
     try:
         return bool(connection.is_closed())
@@ -470,8 +609,71 @@ def _is_closed(connection: asyncpg.Connection) -> bool:
         return True  # closed under us, so asyncpg has already taken it back into the pool
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
     """Rows -> one list per column, the shape unnest() takes."""
     if not rows:
         return [[] for _ in range(width)]
     return [list(column) for column in zip(*rows, strict=True)]
+
+
+class PostgresOwnershipLock(ConnectionLock):
+    """A session-level advisory lock on a dedicated connection, whose application_name and start
+    time say who holds it (pg_locks joined with pg_stat_activity)."""
+
+    def __init__(self, dsn: str, endpoint: str) -> None:
+        super().__init__(endpoint)
+        self._dsn = dsn
+        self._connection: asyncpg.Connection | None = None
+
+    async def _try_lock(self) -> bool:
+        await self._drop()
+        # application_name holds at most 63 bytes; the session's start says since when.
+        name = f"kubefabric {this_process()}".encode()[:63]
+        try:
+            connection = await asyncpg.connect(
+                self._dsn,
+                timeout=CONNECT_TIMEOUT,
+                command_timeout=COMMAND_TIMEOUT,
+                server_settings={"application_name": name.decode(errors="ignore")},
+            )
+        except OUTAGES as error:
+            raise _unavailable(self.database, error) from error
+        try:
+            locked = await connection.fetchval(TRY_OWNER_LOCK)
+        except BaseException:
+            connection.terminate()
+            raise
+        if not locked:
+            await connection.close()
+            return False
+        connection.add_termination_listener(lambda _: self.mark_lost())
+        self._connection = connection
+        return True
+
+    async def _still_held(self) -> bool:
+        if self._connection is None or self._connection.is_closed():
+            return False
+        try:
+            return bool(await self._connection.fetchval(OWNER_LOCK_HELD, timeout=CONNECT_TIMEOUT))
+        except (*OUTAGES, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError):
+            return False
+
+    async def _drop(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            connection.terminate()  # no goodbye round trip: the server may be gone
+
+    async def holder(self) -> str | None:
+        try:
+            connection = await asyncpg.connect(self._dsn, timeout=CONNECT_TIMEOUT, command_timeout=COMMAND_TIMEOUT)
+        except OUTAGES as error:
+            raise _unavailable(self.database, error) from error
+        try:
+            row = await connection.fetchrow(READ_OWNER_LOCK_HOLDER, OWNER_LOCK_ID >> 32, OWNER_LOCK_ID & 0xFFFF_FFFF)
+        finally:
+            await connection.close()
+        if row is None:
+            return None
+        application, started, address = row
+        who = application.removeprefix("kubefabric ") if application else f"a session from {address}"
+        return f"{who} since {moment(started)}"

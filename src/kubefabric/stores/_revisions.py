@@ -14,13 +14,21 @@ last revision at which such a reference went away (an event there still names it
 Revisions etcd gave before kubefabric first wrote to it (adopting an etcd that already holds
 data), or before a lost map, translate by a constant offset: kf = etcd + offset for
 etcd <= base_etcd.
+
+A map file belongs to one etcd cluster, recorded in its `etcd` table: pointed at another, the
+store refuses to start rather than translate that etcd's revisions by a map they are not in. By
+default each etcd store has a file of its own, named after the etcd's address (`map_path`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sqlite3
 import time
 from collections import OrderedDict
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +58,17 @@ CREATE TABLE IF NOT EXISTS leases (
     ttl INTEGER NOT NULL,
     PRIMARY KEY (cluster, id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS etcd (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    cluster TEXT NOT NULL,
+    member TEXT NOT NULL,
+    endpoint TEXT NOT NULL
+);
 """
+# The one map file that every etcd store shared before each had its own (still read on upgrade).
+SHARED_PATH = Path("db/revisions.db")
+
+log = logging.getLogger(__name__)
 
 
 class RevisionMapError(ValueError):
@@ -62,6 +80,63 @@ def mapper_path(endpoint: str) -> Path:
     if not endpoint.startswith("sqlite://") or not endpoint.removeprefix("sqlite://").partition("?")[0]:
         raise RevisionMapError(f"revision mapper endpoint {endpoint!r} is not sqlite://PATH")
     return Path(endpoint.removeprefix("sqlite://").partition("?")[0])
+
+
+def map_path(mapper_endpoint: str, etcd_target: str) -> Path:
+    """The map file of the etcd at `etcd_target` (HOST:PORT): the mapper endpoint's if one is
+    given, else the etcd's own, db/revisions-HOST-PORT.db, so etcd stores never share one."""
+    if mapper_endpoint:
+        return mapper_path(mapper_endpoint)
+    host, _, port = etcd_target.rpartition(":")
+    return SHARED_PATH.parent / f"revisions-{re.sub(r'[^A-Za-z0-9.-]+', '_', host.strip('[]'))}-{port}.db"
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdIdentity:
+    """Which etcd a map belongs to: its cluster and member ids (hex, as etcdctl shows them)."""
+
+    cluster: str
+    member: str
+    endpoint: str
+
+    @classmethod
+    def of(cls, cluster_id: int, member_id: int, endpoint: str) -> EtcdIdentity:
+        return cls(f"{cluster_id:016x}", f"{member_id:016x}", endpoint)
+
+    def __str__(self) -> str:
+        return f"cluster {self.cluster} (member {self.member}, at {self.endpoint})"
+
+
+def copy_shared_map(path: Path, etcd: EtcdIdentity) -> None:
+    """Upgrade: give the etcd its own map file `path`, copied from its rows in SHARED_PATH (if any).
+
+    The copy is made aside and renamed into place, so a crash leaves no half map; SHARED_PATH is
+    left as it is, for the other etcds it may hold."""
+    if path.exists() or path == SHARED_PATH or not SHARED_PATH.exists():
+        return
+    with closing(sqlite3.connect(SHARED_PATH)) as shared:
+        tables = {row[0] for row in shared.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if (
+            "clusters" not in tables
+            or not shared.execute("SELECT 1 FROM clusters WHERE cluster = ?", (etcd.cluster,)).fetchone()
+        ):
+            return
+    aside = path.with_name(path.name + ".copying")
+    aside.unlink(missing_ok=True)
+    with closing(sqlite3.connect(aside, isolation_level=None)) as copy:
+        copy.executescript(SCHEMA)
+        copy.execute("ATTACH DATABASE ? AS shared", (str(SHARED_PATH),))
+        with copy:
+            for table in ("clusters", "revisions", "leases"):
+                copy.execute(f"INSERT INTO {table} SELECT * FROM shared.{table} WHERE cluster = ?", (etcd.cluster,))
+    os.replace(aside, path)
+    log.warning(
+        "the revision map of etcd %s now has its own file %s, copied from %s (which can be removed once every "
+        "etcd store that used it has started once)",
+        etcd,
+        path,
+        SHARED_PATH,
+    )
 
 
 @dataclass(slots=True)
@@ -76,7 +151,7 @@ class Mapped:
 class RevisionMap:
     """The map of one etcd cluster's revisions, with an in-memory cache of recent lookups."""
 
-    def __init__(self, path: Path, cluster: str, history_seconds: float, cache_capacity: int) -> None:
+    def __init__(self, path: Path, etcd: EtcdIdentity, history_seconds: float, cache_capacity: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Every row can be rebuilt from the etcd's own history (each write also records its
         # kubefabric revision in etcd), so a lost tail after a power failure is recovered.
@@ -84,7 +159,14 @@ class RevisionMap:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self.cluster = cluster
+        self.path = path
+        self.etcd = etcd
+        self.cluster = cluster = etcd.cluster
+        try:
+            self._claim()
+        except RevisionMapError:
+            self._db.close()
+            raise
         self._history = history_seconds
         self._capacity = cache_capacity
         self._to_kf: OrderedDict[int, int] = OrderedDict()
@@ -100,6 +182,32 @@ class RevisionMap:
             "SELECT kf, etcd_first, etcd_last FROM revisions WHERE cluster = ? ORDER BY kf DESC LIMIT 1", (cluster,)
         ).fetchone()
         self.head = Mapped(*last) if last else Mapped(self.revision, self.base_etcd, self.base_etcd)
+
+    def _claim(self) -> None:
+        """Record the etcd this map belongs to, or refuse another etcd."""
+        etcd = self.etcd
+        owner = self._db.execute("SELECT cluster, member, endpoint FROM etcd").fetchone()
+        if owner is None:
+            # A file written before maps recorded their etcd: it holds the maps of the clusters in it.
+            held = [row[0] for row in self._db.execute("SELECT cluster FROM clusters")]
+            if held and etcd.cluster not in held:
+                raise self._refusal(f"cluster {', '.join(held)}")
+            self._db.execute("INSERT INTO etcd VALUES (1, ?, ?, ?)", (etcd.cluster, etcd.member, etcd.endpoint))
+        elif owner[0] != etcd.cluster:
+            raise self._refusal(str(EtcdIdentity(*owner)))
+        elif (owner[1], owner[2]) != (etcd.member, etcd.endpoint):
+            # Another member of the same cluster, or the same one at a new address: the same data.
+            log.info("revision map %s: etcd %s was %s before", self.path, etcd, EtcdIdentity(*owner))
+            self._db.execute("UPDATE etcd SET member = ?, endpoint = ?", (etcd.member, etcd.endpoint))
+
+    def _refusal(self, owner: str) -> RevisionMapError:
+        return RevisionMapError(
+            f"the revision map {self.path} belongs to etcd {owner}, but {self.etcd.endpoint} is etcd cluster "
+            f"{self.etcd.cluster} (member {self.etcd.member}): another etcd, whose revisions that map cannot "
+            "translate. Give each etcd its own map: "
+            "leave --revision-mapper-endpoint unset (each etcd store then keeps db/revisions-HOST-PORT.db) or "
+            f"point it at another file; remove {self.path} only if that other etcd is gone for good."
+        )
 
     def close(self) -> None:
         self._db.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import sqlite3
 import threading
@@ -25,15 +24,30 @@ from kubefabric.stores._base import (
     Change,
     KeyValue,
     RangeRows,
+    Selection,
     StoredState,
     WriteBatch,
     split_batch,
 )
+from kubefabric.stores._ownership import FileOwnershipLock, OwnershipLock
+from kubefabric.stores._selection import Dialect, selection_queries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 2: the selector index (see _selection.py).
+ATTRIBUTE_SCHEMA = """
+CREATE TABLE attribute (
+    key BLOB NOT NULL,
+    mod_revision INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    value TEXT NOT NULL,
+    number INTEGER,
+    PRIMARY KEY (key, mod_revision, name)
+) WITHOUT ROWID;
+CREATE INDEX attribute_value ON attribute (name, value, key, mod_revision);
+"""
 SCHEMA = f"""
 CREATE TABLE kv (
     key BLOB NOT NULL,
@@ -52,7 +66,16 @@ CREATE INDEX kv_live ON kv (superseded, key);
 CREATE INDEX kv_history ON kv (mod_revision, sub);
 CREATE TABLE lease (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL);
 CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', -1);
+INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), ('compact_revision', -1),
+    ('index_complete', 1);
+{ATTRIBUTE_SCHEMA}
+"""
+UPGRADE_TO_2 = f"""
+BEGIN IMMEDIATE;
+{ATTRIBUTE_SCHEMA}
+INSERT INTO meta VALUES ('index_complete', 0);
+UPDATE meta SET value = 2 WHERE name = 'schema_version';
+COMMIT;
 """
 
 KV_FIELDS = "key, create_revision, mod_revision, version, value, lease"
@@ -70,9 +93,30 @@ WHERE e.mod_revision > ? AND e.mod_revision <= ?
 ORDER BY e.mod_revision, e.sub
 """
 LAST_REVISION_OF_PAGE = "SELECT mod_revision FROM kv WHERE mod_revision > ? AND mod_revision <= ? ORDER BY mod_revision, sub LIMIT 1 OFFSET ?"
-COMPACT_CHUNK = "DELETE FROM kv WHERE rowid IN (SELECT rowid FROM kv WHERE superseded <= ? LIMIT 2000)"
+INSERT_ATTRIBUTE = "INSERT INTO attribute (key, mod_revision, name, value, number) VALUES (?, ?, ?, ?, ?)"
+DELETE_ATTRIBUTES = "DELETE FROM attribute WHERE key = ? AND mod_revision = ?"
+UNINDEXED = f"""
+SELECT {KV_FIELDS} FROM kv WHERE (key, mod_revision) > (?, ?) AND version > 0 ORDER BY key, mod_revision LIMIT ?
+"""
+COMPACT_CHUNK = "SELECT rowid, key, mod_revision FROM kv WHERE superseded <= ? LIMIT 2000"
+DIALECT = Dialect(
+    placeholder=lambda n: "?",
+    key="key",
+    empty_value="x''",
+    driven_join="attribute d INDEXED BY attribute_value CROSS JOIN kv INDEXED BY kv_key",
+)
+
+# kubefabric's own notes (the topology its keys were placed by); outside the versioned schema.
+CREATE_NOTES = "CREATE TABLE IF NOT EXISTS notes (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
 CHECKPOINT_SECONDS = 1.0
+# A WAL past this size is checkpointed and rewound at once (see _checkpoint); each rewind also cuts
+# the file back to this size (journal_size_limit). Writes can add 50 MiB a second, so its size is
+# looked at every WAL_CHECK_SECONDS, which keeps it far below 64 MiB.
+WAL_REWIND_BYTES = 16 << 20
+WAL_CHECK_SECONDS = 0.1
+# How long a rewind may hold up the writer while readers of older snapshots finish.
+WAL_REWIND_WAIT_MS = 100
 
 # Query options of the sqlite:// endpoint, as the Go drivers spell them; each must keep the
 # behaviour it names, so options that would change it are refused rather than ignored.
@@ -122,6 +166,7 @@ class SqliteStore:
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._loop_connection: sqlite3.Connection | None = None
+        self.ownership: OwnershipLock = FileOwnershipLock(self.path)
 
     def __repr__(self) -> str:
         return f"sqlite://{self.path}"
@@ -134,6 +179,7 @@ class SqliteStore:
         connection.execute(f"PRAGMA synchronous = {self._synchronous}")
         # Checkpoints run on their own thread (see _checkpoint_forever), never inside a commit.
         connection.execute("PRAGMA wal_autocheckpoint = 0")
+        connection.execute(f"PRAGMA journal_size_limit = {WAL_REWIND_BYTES}")
         with self._connections_lock:
             self._connections.append(connection)
         return connection
@@ -163,26 +209,66 @@ class SqliteStore:
 
     async def open(self) -> StoredState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        state = await self._on_writer(self._open)
+        await self.ownership.acquire()
+        try:
+            state = await self._on_writer(self._open)
+        except BaseException:
+            await self.ownership.release()
+            raise
         self._checkpointer = asyncio.create_task(self._checkpoint_forever(), name="sqlite-checkpoint")
         return state
 
     async def _checkpoint_forever(self) -> None:
-        """Copy the WAL into the database file in the background.
+        """Copy the WAL into the database file in the background: once a second, and as soon as the
+        WAL passes WAL_REWIND_BYTES.
 
         SQLite's automatic checkpoint would run inside whichever commit crosses the threshold and
         stall it, and every write waiting behind it, for the length of a database-file fsync. A
         passive checkpoint here waits for nobody and is waited for by nobody.
         """
         loop = asyncio.get_running_loop()
+        last, pause = loop.time(), WAL_CHECK_SECONDS
         while True:
-            await asyncio.sleep(CHECKPOINT_SECONDS)
+            await asyncio.sleep(pause)
+            if loop.time() - last < CHECKPOINT_SECONDS and self._wal_bytes() <= WAL_REWIND_BYTES:
+                continue
+            last = loop.time()
             try:
-                await loop.run_in_executor(
-                    self._checkpoint_thread, lambda: self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)")
+                rewound = await loop.run_in_executor(
+                    self._checkpoint_thread, lambda: self._checkpoint(self._connection())
                 )
             except sqlite3.Error as error:
                 log.warning("checkpoint of %s failed, will retry: %s", self.path, error)
+                rewound = False
+            # A reader that keeps an old snapshot for long would otherwise make every check hold
+            # the writer up; give it a second.
+            pause = WAL_CHECK_SECONDS if rewound else CHECKPOINT_SECONDS
+
+    def _checkpoint(self, db: sqlite3.Connection) -> bool:
+        """A passive checkpoint, then a rewind of the WAL if it has grown large; False if readers
+        kept it from rewinding.
+
+        The WAL starts over only when a commit begins while all of it is copied and no reader uses
+        it; under steady writes and reads that moment never comes, and it grew to hundreds of MiB. A
+        RESTART checkpoint makes the moment: it takes the writer's lock, copies the little the
+        passive one left, and waits for readers of older snapshots to finish, holding the writer up
+        for at most WAL_REWIND_WAIT_MS; the next commit then writes the WAL from its start.
+        """
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if self._wal_bytes() <= WAL_REWIND_BYTES:
+            return True
+        db.execute(f"PRAGMA busy_timeout = {WAL_REWIND_WAIT_MS}")
+        try:
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        return not busy
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self.path.with_name(self.path.name + "-wal").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _open(self, db: sqlite3.Connection) -> StoredState:
         mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -195,6 +281,10 @@ class SqliteStore:
             db.executescript(SCHEMA)  # executescript commits the open transaction first
             db.execute("INSERT INTO meta VALUES ('identity', ?)", (random.getrandbits(63),))
         meta = dict(db.execute("SELECT name, value FROM meta"))
+        if meta["schema_version"] == 1:
+            log.info("upgrading %s to schema version 2: a selector index", self.path)
+            db.executescript(UPGRADE_TO_2)
+            meta = dict(db.execute("SELECT name, value FROM meta"))
         if meta["schema_version"] > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
                 f"{self.path} has schema version {meta['schema_version']}, newer than this kubefabric "
@@ -206,6 +296,7 @@ class SqliteStore:
             leases=dict(db.execute("SELECT id, ttl FROM lease")),
             leased_keys=db.execute("SELECT lease, key FROM kv WHERE superseded = ? AND lease != 0", (LIVE,)).fetchall(),
             identity=meta["identity"],
+            index_backlog=not meta["index_complete"],
         )
 
     async def close(self) -> None:
@@ -218,6 +309,7 @@ class SqliteStore:
             for connection in self._connections:
                 connection.close()
             self._connections.clear()
+        await self.ownership.release()
 
     async def revision(self) -> int:
         return await self._on_reader(lambda db: db.execute(READ_REVISION).fetchone()[0])
@@ -233,6 +325,10 @@ class SqliteStore:
         try:
             db.executemany(SUPERSEDE, updates)
             db.executemany(INSERT_ROW, inserts)
+            db.executemany(DELETE_ATTRIBUTES, batch.reindexed)
+            db.executemany(INSERT_ATTRIBUTE, batch.attributes)
+            if batch.index_complete:
+                db.execute(SET_META, (1, "index_complete"))
             db.executemany("INSERT OR REPLACE INTO lease (id, ttl) VALUES (?, ?)", batch.granted_leases)
             db.executemany("DELETE FROM lease WHERE id = ?", [(lease,) for lease in batch.revoked_leases])
             db.execute(SET_META, (batch.revision, "revision"))
@@ -245,17 +341,42 @@ class SqliteStore:
 
     async def compact(self, revision: int) -> None:
         # Small chunks, each its own transaction, so writers are never held up for long.
-        while await self._on_writer(lambda db: db.execute(COMPACT_CHUNK, (revision,)).rowcount):
+        while await self._on_writer(lambda db: self._compact_chunk(db, revision)):
             pass
+
+    def _compact_chunk(self, db: sqlite3.Connection, revision: int) -> int:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(COMPACT_CHUNK, (revision,)).fetchall()
+            db.executemany(DELETE_ATTRIBUTES, [(key, mod_revision) for _, key, mod_revision in rows])
+            db.executemany("DELETE FROM kv WHERE rowid = ?", [(rowid,) for rowid, _, _ in rows])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
+        rows = await self._on_reader(lambda db: db.execute(UNINDEXED, (*after, limit)).fetchall())
+        return list(map(KeyValue._make, rows))
 
     # -- reads ---------------------------------------------------------------------------------
 
     async def range(
-        self, start: bytes, end: bytes | None, revision: int, limit: int, keys_only: bool, count_only: bool
+        self,
+        start: bytes,
+        end: bytes | None,
+        revision: int,
+        limit: int,
+        keys_only: bool,
+        count_only: bool,
+        selection: Selection | None = None,
     ) -> RangeRows:
-        if end is None:  # one key: microseconds, so no thread hop (see `latest`)
-            return self._range(self._loop_db(), start, end, revision, limit, keys_only, count_only)
-        return await self._on_reader(lambda db: self._range(db, start, end, revision, limit, keys_only, count_only))
+        if end is None and selection is None:  # one key: microseconds, so no thread hop (see `latest`)
+            return self._range(self._loop_db(), start, end, revision, limit, keys_only, count_only, None)
+        return await self._on_reader(
+            lambda db: self._range(db, start, end, revision, limit, keys_only, count_only, selection)
+        )
 
     def _range(
         self,
@@ -266,11 +387,17 @@ class SqliteStore:
         limit: int,
         keys_only: bool,
         count_only: bool,
+        selection: Selection | None,
     ) -> RangeRows:
         db.execute("BEGIN")
         try:
             head = db.execute(READ_REVISION).fetchone()[0]
-            params: list[object]
+            if selection is not None:
+                past = revision if 0 < revision < head else None
+                select, count_query, params = selection_queries(
+                    DIALECT, selection.selector, start, end, past, limit, keys_only
+                )
+                return _answer(db, select, count_query, params, limit, count_only, head)
             if revision <= 0 or revision >= head:
                 table, where, params = "kv", "superseded = ?", [LIVE]
             else:
@@ -289,18 +416,12 @@ class SqliteStore:
                 if end:
                     where += " AND key < ?"
                     params.append(end)
-            if count_only:
-                return RangeRows(
-                    [], db.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0], head
-                )
             fields = KV_KEYS_ONLY if keys_only else KV_FIELDS
-            query = f"SELECT {fields} FROM {table} WHERE {where} ORDER BY key"
-            rows = db.execute(query + (f" LIMIT {limit}" if limit > 0 else ""), params).fetchall()
-            if limit <= 0 or len(rows) < limit:
-                count = len(rows)
-            else:
-                count = db.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params).fetchone()[0]
-            return RangeRows(list(map(KeyValue._make, rows)), count, head)
+            select = f"SELECT {fields} FROM {table} WHERE {where} ORDER BY key" + (
+                f" LIMIT {limit}" if limit > 0 else ""
+            )
+            count_query = f"SELECT COUNT(*) FROM {table} WHERE {where}"
+            return _answer(db, select, count_query, params, limit, count_only, head)
         finally:
             db.execute("COMMIT")
 
@@ -327,6 +448,69 @@ class SqliteStore:
             Change(KeyValue._make(row[:6]), row[6], None if row[7] is None else KeyValue._make(row[7:])) for row in rows
         ]
 
+    # -- notes and moves ------------------------------------------------------------------------
+
+    async def read_note(self, name: str) -> str | None:
+        def read(db: sqlite3.Connection) -> str | None:
+            db.execute(CREATE_NOTES)
+            row = db.execute("SELECT value FROM notes WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._on_writer(read)
+
+    async def write_note(self, name: str, text: str | None) -> None:
+        def write(db: sqlite3.Connection) -> None:
+            db.execute(CREATE_NOTES)
+            if text is None:
+                db.execute("DELETE FROM notes WHERE name = ?", (name,))
+            else:
+                db.execute("INSERT OR REPLACE INTO notes (name, value) VALUES (?, ?)", (name, text))
+
+        await self._on_writer(write)
+
+    async def remove_keys(self, keys: list[bytes]) -> None:
+        def remove(db: sqlite3.Connection) -> None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("DELETE FROM kv WHERE key = ?", [(key,) for key in keys])
+                db.executemany("DELETE FROM attribute WHERE key = ?", [(key,) for key in keys])
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        await self._on_writer(remove)
+
     async def size(self) -> int:
-        files = [self.path, self.path.with_name(self.path.name + "-wal")]
-        return sum(os.path.getsize(file) for file in files if file.exists())
+        # The database's pages as of the latest commit, wherever they are now: the WAL only holds
+        # copies of pages on their way into the file, which would count them twice.
+        db = self._loop_db()
+        return int(db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0])
+
+    async def defragment(self) -> None:
+        """VACUUM rewrites the database without its free pages; the checkpoint then copies it from
+        the WAL into the file, truncates the file to its new size and empties the WAL.
+
+        The trade-off: VACUUM is one write transaction as long as the rewrite (seconds per GiB), so
+        it runs on the writer thread and every write waits for it, as writes wait for etcd's own
+        defragmentation. Reads go on from WAL snapshots; one still open when the checkpoint runs
+        delays it (up to the busy timeout). VACUUM cannot run inside a transaction, and the writer
+        connection holds none between batches.
+        """
+
+        def vacuum(db: sqlite3.Connection) -> None:
+            db.execute("VACUUM")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+        await self._on_writer(vacuum)
+
+
+def _answer(
+    db: sqlite3.Connection, select: str, count: str, params: list[object], limit: int, count_only: bool, head: int
+) -> RangeRows:
+    """Run a range's select (unless only its count is wanted), and its count only when the page is full."""
+    if count_only:
+        return RangeRows([], db.execute(count, params).fetchone()[0], head)
+    rows = db.execute(select, params).fetchall()
+    total = len(rows) if limit <= 0 or len(rows) < limit else db.execute(count, params).fetchone()[0]
+    return RangeRows(list(map(KeyValue._make, rows)), total, head)

@@ -1,0 +1,36 @@
+"""One kubefabric per store for each test module here: examples and tests reuse it, each on keys of its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests._client import Etcd
+from tests._servers import ServerProcess, start_kubefabric
+from tests._targets import STORE_ENDPOINTS
+
+
+@pytest.fixture(scope="module", params=list(STORE_ENDPOINTS))
+def store_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp(f"selectors-{request.param}")
+    endpoint, companions = STORE_ENDPOINTS[request.param](workdir)
+    # No automatic compaction: the tests read old revisions. Quick progress notifications: the watch
+    # tests wait for one.
+    try:
+        process = start_kubefabric(
+            workdir, endpoint, "--compaction-interval", "0", "--watch-progress-notify-interval", "300ms"
+        )
+    except BaseException:
+        for companion in companions:
+            companion.stop()
+        raise
+    process.companions = companions
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def store_client(store_server: ServerProcess) -> Iterator[Etcd]:
+    with Etcd(store_server.channel()) as client:
+        yield client
