@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -26,24 +27,33 @@ _handed_out: set[int] = set()
 _handed_out_lock = threading.Lock()
 
 
-# Parallel test workers (pytest-xdist) each take only the ports congruent to their number, so two
-# workers never start servers on one port: the one that lost the race to bind it would otherwise
+# Ports are probed below the kernel's ephemeral range (32768 and up), where outgoing connections take
+# theirs. Parallel test workers (pytest-xdist) each probe only the ports congruent to their number, so
+# two workers never start servers on one port: the one that lost the race to bind it would otherwise
 # find the other's server answering there.
+PORTS = range(10_000, 32_000)
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+# Its own generator: servers start on background threads, and hypothesis, generating on the main
+# thread meanwhile, expects nobody else to draw from the global one.
+_ports = random.Random()
 
 
 def free_port() -> int:
     """A loopback port nothing listens on, never the same one twice in this test run: servers are
-    started concurrently, and the kernel may offer a just-probed port again."""
+    started concurrently, and a just-probed port would otherwise be probed again."""
     while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
+        port = _ports.randrange(PORTS.start + _WORKER, PORTS.stop, _WORKERS)
         with _handed_out_lock:
-            if port % _WORKERS == _WORKER and port not in _handed_out:
-                _handed_out.add(port)
-                return port
+            if port in _handed_out:
+                continue
+            _handed_out.add(port)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken by something else: try another
+            return port
 
 
 def wait_until_serving(server: ServerProcess, timeout: float = 30.0) -> None:

@@ -31,7 +31,12 @@ def start_target(target: str, workdir: Path) -> ServerProcess:
     if target == "etcd":
         return start_etcd(workdir)
     endpoint, companions = STORE_ENDPOINTS[target.removeprefix("kubefabric-")](workdir)
-    process = start_kubefabric(workdir, endpoint)
+    try:
+        process = start_kubefabric(workdir, endpoint)
+    except BaseException:
+        for companion in companions:
+            companion.stop()
+        raise
     process.companions = companions
     return process
 

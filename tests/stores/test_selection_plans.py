@@ -36,15 +36,15 @@ from tests._pods import APPS, NODES, PODS, load_pods
 
 OBJECTS = 20_000
 PAGE = 500
-# (label selector, field selector, rows the query may read in proportion to): the objects that
-# match it, or with several requirements, those matching the first that needs a row to exist, which
-# drives the query (app17 on node17: 5 pods, found among app17's 200).
+# (label selector, field selector, rows the query may read in proportion to): the objects matching
+# the requirements that need a row to exist. With two of them the query may walk either or both
+# (app17 on node17: 100 pods, found among app17's 200 and node17's 500), never all pods.
 SELECTIONS = {
     "one label value (1%)": ("app=app17", "", OBJECTS // APPS),
     "a label value and an absent label": ("app=app17,!canary", "", OBJECTS // APPS),
     "two label values (2%)": ("app in (app17,app42)", "", 2 * OBJECTS // APPS),
     "a field value (2.5%)": ("", "spec.nodeName=node7", OBJECTS // NODES),
-    "a label and a field": ("app=app17", "spec.nodeName=node17", OBJECTS // APPS),
+    "a label and a field": ("app=app17", "spec.nodeName=node17", OBJECTS // APPS + OBJECTS // NODES),
 }
 
 
@@ -95,7 +95,7 @@ def test_postgres_reads_rows_in_proportion_to_the_matches(postgres: str, selecti
             # A scan either walks the attribute index by name (and value), or looks one version up per
             # entry found: nothing walks a key range of all objects or all their attributes. (A bitmap
             # heap scan reads what its bitmap index scan, checked on its own, found.)
-            looked_up = re.search(r"= (d|kv)(_\d+)?\.", scan.get("Index Cond", "")) is not None
+            looked_up = re.search(r"= (a|d|kv)(_\d+)?\.", scan.get("Index Cond", "")) is not None
             by_name = scan.get("Index Name") in ("attribute_value", "attribute_opaque")
             assert looked_up or by_name or scan["Node Type"] == "Bitmap Heap Scan", shown
         # The matching index entries, then each one's version: a few rows per match, not per object.
@@ -182,6 +182,6 @@ def test_sqlite_steps_grow_with_the_matches(sqlite: Path, selection: str) -> Non
     select, count, params, candidates = queries(SQLITE, selection)
     full_list = sqlite_steps(sqlite, "SELECT key, value FROM kv WHERE key >= ? AND key < ?", [PODS, prefix_end(PODS)])
     bound = 100 * candidates + 2000
-    assert full_list > 2 * bound  # a plan that visits every pod could not stay within the bound
+    assert full_list > bound  # a plan that visits every pod, probing each, could not stay within the bound
     for query in (select, count):
         assert sqlite_steps(sqlite, query, params) <= bound
