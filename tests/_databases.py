@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import asyncpg
 
@@ -149,6 +150,18 @@ def mysql_endpoint() -> str:
     name = f"kf_{uuid.uuid4().hex}"
     _mysql_databases.append(name)
     return f"mysql://root:@tcp({MYSQL_HOST}:{MYSQL_PORT})/{name}"
+
+
+async def mysql_connect(endpoint: str) -> Any:
+    """A plain connection to the database a mysql:// endpoint names, for looking into it directly."""
+    import asyncmy  # optional, like the store that needs it
+
+    from kubefabric.stores._mysql import parse_endpoint
+
+    target = parse_endpoint(endpoint)
+    return await asyncmy.connect(
+        host=target.host, port=target.port, user=target.user, password=target.password, database=target.database
+    )
 
 
 def mysql_ensure_running() -> None:

@@ -14,14 +14,12 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-import asyncmy
 import asyncpg
 import pytest
 
 from kubefabric.etcdpb import rpc_pb2, rpc_pb2_grpc
-from kubefabric.stores._mysql import parse_endpoint as parse_mysql_endpoint
 from tests._client import Etcd, prefix_end
-from tests._databases import mysql_endpoint, postgres_endpoint
+from tests._databases import mysql_connect, mysql_endpoint, postgres_endpoint
 from tests._servers import start_kubefabric
 
 PODS = b"/registry/pods/"
@@ -59,12 +57,9 @@ def downgrade_postgres(endpoint: str) -> None:
 
 
 def downgrade_mysql(endpoint: str) -> None:
-    target = parse_mysql_endpoint(endpoint)
 
     async def run() -> None:
-        connection = await asyncmy.connect(
-            host=target.host, port=target.port, user=target.user, password=target.password, database=target.database
-        )
+        connection = await mysql_connect(endpoint)
         try:
             async with connection.cursor() as cursor:
                 for statement in DOWNGRADE:

@@ -17,21 +17,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import asyncmy
 import asyncpg
 import pytest
 
 from kubefabric.objects import parse_selector
 from kubefabric.stores._mysql import DIALECT as MYSQL
 from kubefabric.stores._mysql import MysqlStore
-from kubefabric.stores._mysql import parse_endpoint as parse_mysql_endpoint
 from kubefabric.stores._postgres import DIALECT as POSTGRES
 from kubefabric.stores._postgres import SERVER_SETTINGS, PostgresStore
 from kubefabric.stores._selection import Dialect, selection_queries
 from kubefabric.stores._sqlite import DIALECT as SQLITE
 from kubefabric.stores._sqlite import SqliteStore
 from tests._client import prefix_end
-from tests._databases import mysql_endpoint, postgres_endpoint
+from tests._databases import mysql_connect, mysql_endpoint, postgres_endpoint
 from tests._pods import APPS, NODES, PODS, load_pods
 
 OBJECTS = 20_000
@@ -113,12 +111,9 @@ def mysql() -> str:
 
 
 def mysql_rows_read(endpoint: str, query: str, params: list[object]) -> int:
-    target = parse_mysql_endpoint(endpoint)
 
     async def analyze() -> Any:
-        connection = await asyncmy.connect(
-            host=target.host, port=target.port, user=target.user, password=target.password, database=target.database
-        )
+        connection = await mysql_connect(endpoint)
         try:
             async with connection.cursor() as cursor:
                 await cursor.execute(f"ANALYZE FORMAT=JSON {query}", params)
