@@ -12,6 +12,7 @@ import logging
 import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -500,7 +501,11 @@ class SqliteStore:
 
         def vacuum(db: sqlite3.Connection) -> None:
             db.execute("VACUUM")
-            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # The background checkpointer may be checkpointing right now, and a checkpoint under way
+            # makes this one give up at once (busy) rather than wait: try again until it completes.
+            deadline = time.monotonic() + self._busy_timeout_ms / 1000
+            while db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] and time.monotonic() < deadline:
+                time.sleep(0.01)
 
         await self._on_writer(vacuum)
 
