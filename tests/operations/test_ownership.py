@@ -124,10 +124,12 @@ class LockSessions:
         if self.store == "postgres":
             admin = await asyncpg.connect(POSTGRES_ADMIN_DSN)
             try:
+                impostor = self._held.get_server_pid() if self._held is not None else 0
                 ended = await admin.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE datname = $1 AND application_name LIKE 'kubefabric pid %'",
+                    "WHERE datname = $1 AND application_name LIKE 'kubefabric pid %' AND pid <> $2",
                     self.database,
+                    impostor,
                 )
             finally:
                 await admin.close()
@@ -143,25 +145,62 @@ class LockSessions:
             await admin.ensure_closed()
 
     async def _take_over(self) -> None:
-        await self._cut()
-        deadline = time.monotonic() + RELEASE_TIMEOUT
+        # The impostor queues for the lock before the holder's session is cut, so the database hands it
+        # the lock as that session ends, before the server can take it back on a new connection.
         if self.store == "postgres":
             self._held = await asyncpg.connect(
                 self.endpoint, server_settings={"application_name": f"kubefabric {IMPOSTOR}"}
             )
-            while not await self._held.fetchval("SELECT pg_try_advisory_lock($1)", OWNER_LOCK_ID):
-                assert time.monotonic() < deadline, "the cut session kept its lock"
-                await asyncio.sleep(0.01)
+            taking = asyncio.ensure_future(self._held.execute("SELECT pg_advisory_lock($1)", OWNER_LOCK_ID))
+            await self._until_waiting("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            await self._cut()
+            await self._taken(taking)
             return
         self._held = await asyncmy.connect(
             host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="", database=self.database, autocommit=True
         )
-        async with self._held.cursor() as cursor:
-            await cursor.execute("SELECT GET_LOCK(%s, %s)", (f"kubefabric:{self.database}", RELEASE_TIMEOUT))
-            assert (await cursor.fetchone())[0] == 1
-            await cursor.execute(
-                "REPLACE INTO kubefabric_owner VALUES (1, CONNECTION_ID(), %s)", (f"{IMPOSTOR} since 2026-01-01",)
-            )
+        cursor = self._held.cursor()
+        taking = asyncio.ensure_future(
+            cursor.execute("SELECT GET_LOCK(%s, %s)", (f"kubefabric:{self.database}", RELEASE_TIMEOUT))
+        )
+        await self._until_waiting("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE STATE = 'User lock'")
+        await self._cut()
+        await self._taken(taking)
+        assert (await cursor.fetchone())[0] == 1
+        await cursor.execute(
+            "REPLACE INTO kubefabric_owner VALUES (1, CONNECTION_ID(), %s)", (f"{IMPOSTOR} since 2026-01-01",)
+        )
+        await cursor.close()
+
+    async def _until_waiting(self, waiters: str) -> None:
+        """Until the impostor's request for the lock is queued."""
+        deadline = time.monotonic() + RELEASE_TIMEOUT
+        while True:
+            if self.store == "postgres":
+                admin = await asyncpg.connect(POSTGRES_ADMIN_DSN, database=self.database)
+                try:
+                    waiting = await admin.fetchval(waiters)
+                finally:
+                    await admin.close()
+            else:
+                admin = await asyncmy.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="")
+                try:
+                    async with admin.cursor() as admin_cursor:
+                        await admin_cursor.execute(waiters)
+                        (waiting,) = await admin_cursor.fetchone()
+                finally:
+                    await admin.ensure_closed()
+            if waiting:
+                return
+            assert time.monotonic() < deadline, "the impostor's lock request never queued"
+            await asyncio.sleep(0.02)
+
+    @staticmethod
+    async def _taken(taking: asyncio.Future[object]) -> None:
+        try:
+            await asyncio.wait_for(taking, RELEASE_TIMEOUT)
+        except TimeoutError:
+            raise AssertionError("the cut session kept its lock") from None
 
 
 @pytest.mark.parametrize("store", ["postgres", "mysql"])
