@@ -43,6 +43,9 @@ def start_target(target: str, workdir: Path) -> ServerProcess:
 
 @pytest.fixture(scope="session")
 def warm_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmServers]:
+    # Made here, once: the pool's threads would otherwise race to create it, and pytest empties a
+    # given base directory (pytest-xdist gives each worker one) when it makes it.
+    tmp_path_factory.getbasetemp()
     pool = WarmServers(lambda target: start_target(target, tmp_path_factory.mktemp(target)))
     yield pool
     pool.close()
