@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import ssl
@@ -46,6 +47,8 @@ async def serve(settings: Settings) -> int:
         await core.stop()
         return 1
 
+    _freeze_start_up_objects()
+
     follower = None
     if isinstance(core.store, RoutedStore) and settings.topology_config:
         follower = asyncio.create_task(core.store.follow(settings.topology_config), name="topology-follower")
@@ -65,6 +68,19 @@ async def serve(settings: Settings) -> int:
     await core.stop()
     log.info("stopped at revision %d", core.mvcc.durable_revision)
     return 0
+
+
+def _freeze_start_up_objects() -> None:
+    """Keep the cyclic garbage collector off what start-up made: modules, gRPC, protobuf descriptors.
+
+    They live as long as the process, yet every full collection walked all of them again (about
+    45,000 objects, 13-18 ms, every few seconds under writes) holding the GIL throughout: the largest
+    stall in the tail of watch latency. Frozen, a full collection walks only what was made since.
+    The young generations keep their default thresholds: a larger first threshold makes each young
+    collection walk more objects, so pause longer (700: 0.15 ms; 5,000: 4 ms), for no less work.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def configured_store(settings: Settings) -> Store:
@@ -90,7 +106,7 @@ async def _open_core(settings: Settings) -> Core:
         store = configured_store(settings)
     except EndpointError as error:
         raise StartupError(f"--endpoint {endpoint}: {error}") from None
-    core = Core(store, settings.compaction_interval, settings.compaction_retention)
+    core = Core(store, settings.compaction_interval, settings.compaction_retention, settings.storage_gc)
     try:
         await core.start()
     except Exception as error:  # noqa: BLE001 - any failure here is reported and ends start-up

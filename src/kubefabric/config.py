@@ -70,6 +70,7 @@ class Settings(BaseModel):
     revision_mapper_history: float = 4 * 3600.0
     revision_mapper_cache_capacity: int = 10000
     shutdown_grace_period: float = 10.0
+    storage_gc: bool = True
 
     @field_validator("listen_address", "metrics_address")
     @classmethod
@@ -192,5 +193,11 @@ OPTIONS = [
         "--shutdown-grace-period",
         "KUBEFABRIC_SHUTDOWN_GRACE_PERIOD",
         "on SIGTERM, how long requests in flight may take to finish (watches end at once)",
+    ),
+    Option(
+        "--storage-gc",
+        "KUBEFABRIC_STORAGE_GC",
+        "garbage-collect the objects labelled skip-controller-manager-metadata-caching in storage, as "
+        "kube-controller-manager would; false leaves them to it",
     ),
 ]

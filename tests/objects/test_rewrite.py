@@ -21,6 +21,7 @@ from kubefabric.objects import (
     FieldCatalog,
     NotAnObject,
     ObjectInfo,
+    add_finalizer,
     decode,
     mark_deleted,
     remove_finalizer,
@@ -260,6 +261,35 @@ def test_protobuf_remove_finalizer_removes_every_occurrence(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_protobuf_add_finalizer_appends_after_the_existing_ones(kind: str) -> None:
+    before = stored_protobuf(object_meta(finalizers=("example.com/keep", "ex.com/<ü>")), kind)
+    after = add_finalizer(before, "orphan")
+    finalizers = ("example.com/keep", "ex.com/<ü>", "orphan")
+    assert after == stored_protobuf(object_meta(finalizers=finalizers), kind)  # every byte, envelope included
+    assert split_stored(after)[2] == split_stored(before)[2]
+    assert decoded(after) == ObjectInfo(**{**_fields(decoded(before)), "finalizers": finalizers})
+    assert add_finalizer(after, "orphan") is after
+    assert add_finalizer(before, "ex.com/<ü>") is before
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_protobuf_add_finalizer_writes_a_new_field_in_field_number_order(kind: str) -> None:
+    # Between ownerReferences (13) and clusterName (15), managedFields (17) and the unknown field 23.
+    before = stored_protobuf(object_meta(finalizers=()), kind)
+    after = add_finalizer(before, "foregroundDeletion")
+    assert after == stored_protobuf(object_meta(finalizers=("foregroundDeletion",)), kind)
+    assert decoded(after).finalizers == ("foregroundDeletion",)
+    assert add_finalizer(after, "foregroundDeletion") is after
+    # The last field of a metadata without any field after finalizers.
+    name = MESSAGES["ObjectMeta"](name="x", uid="u")
+    value = envelope("v1", "Pod", MESSAGES["Pod"](metadata=name).SerializeToString() + pod_rest())
+    expected = MESSAGES["ObjectMeta"](name="x", uid="u", finalizers=["orphan"])
+    assert add_finalizer(value, "orphan") == envelope(
+        "v1", "Pod", MESSAGES["Pod"](metadata=expected).SerializeToString() + pod_rest()
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_protobuf_remove_owner_references(kind: str) -> None:
     before = stored_protobuf(object_meta(), kind)
     after = remove_owner_references(before, {"uid-rs", "uid-shirt", "uid-elsewhere"})
@@ -434,6 +464,68 @@ def test_json_remove_finalizer(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", DOCUMENTS)
+def test_json_add_finalizer_appends_after_the_existing_ones(name: str) -> None:
+    before = stored_json(DOCUMENTS[name])
+    after = add_finalizer(before, "foregroundDeletion")
+    finalizers = ["example.com/keep", "orphan", "example.com/keep", "foregroundDeletion"]
+    metadata = [(k, finalizers if k == "finalizers" else v) for k, v in dict(ordered(before))["metadata"]]
+    assert_only_metadata_changed(before, after, metadata)
+    document = json.loads(json.dumps(DOCUMENTS[name]))
+    document["metadata"]["finalizers"] = finalizers
+    assert after == stored_json(document)  # every byte as kube-apiserver writes the object
+    assert decoded(after) == ObjectInfo(**{**_fields(decoded(before)), "finalizers": tuple(finalizers)})
+    assert add_finalizer(after, "foregroundDeletion") is after
+    assert add_finalizer(before, "orphan") is before
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
+def test_json_add_finalizer_inserts_the_member_where_the_apiserver_writes_it(name: str) -> None:
+    document = json.loads(json.dumps(DOCUMENTS[name]))
+    del document["metadata"]["finalizers"]
+    before = stored_json(document)
+    after = add_finalizer(before, "orphan")
+    metadata = dict(ordered(before))["metadata"]
+    keys = [k for k, _ in metadata]
+    if name == "typed":  # ObjectMeta's field order: between ownerReferences and managedFields
+        position = keys.index("ownerReferences") + 1
+    else:  # a map's keys, sorted: after creationTimestamp
+        position = keys.index("creationTimestamp") + 1
+    metadata[position:position] = [("finalizers", ["orphan"])]
+    assert_only_metadata_changed(before, after, metadata)
+    assert decoded(after).finalizers == ("orphan",)
+    assert add_finalizer(after, "orphan") is after
+    if name == "typed":  # nor an ownerReferences to follow: before managedFields
+        del document["metadata"]["ownerReferences"]
+        keys.remove("ownerReferences")
+        after = add_finalizer(stored_json(document), "orphan")
+        before_owners = keys[: position - 1]
+        assert [k for k, _ in dict(ordered(after))["metadata"]] == [*before_owners, "finalizers", "managedFields"]
+
+
+def test_json_add_finalizer_escapes_as_go_does() -> None:
+    before = stored_json(TYPED_POD)
+    after = add_finalizer(before, "ex.com/<a&b>\u2028ü")
+    assert after.count(b'"ex.com/\\u003ca\\u0026b\\u003e\\u2028\xc3\xbc"]') == 1
+    assert decoded(after).finalizers[-1] == "ex.com/<a&b>\u2028ü"
+
+
+def test_json_add_finalizer_to_null_duplicate_and_spaced_lists() -> None:
+    before = b'{ "metadata" : { "name" : "c", "finalizers" : null } }\n'
+    assert add_finalizer(before, "orphan") == b'{ "metadata" : {"name":"c","finalizers":["orphan"]} }\n'
+    before = b'{"metadata":{"name":"c","finalizers":[ "a" , "b\\u0026" ],"uid":"u"}}'
+    assert (
+        add_finalizer(before, "orphan") == b'{"metadata":{"name":"c","finalizers":["a","b\\u0026","orphan"],"uid":"u"}}'
+    )
+    assert add_finalizer(before, "b&") is before
+    # The last occurrence of a key is the one decoders keep: it decides, and the edit leaves one occurrence.
+    before = b'{"metadata":{"name":"c","finalizers":["a"],"finalizers":["b"]}}'
+    assert add_finalizer(before, "a") == b'{"metadata":{"name":"c","finalizers":["b","a"]}}'
+    assert add_finalizer(before, "b") is before
+    with pytest.raises(NotAnObject, match="finalizers"):
+        add_finalizer(b'{"metadata":{"name":"c","finalizers":"orphan"}}', "orphan")
+
+
+@pytest.mark.parametrize("name", DOCUMENTS)
 def test_json_remove_owner_references(name: str) -> None:
     before = stored_json(DOCUMENTS[name])
     after = remove_owner_references(before, {"uid-rs", "uid-shirt"})
@@ -484,6 +576,7 @@ def test_odd_owner_references_are_kept_not_refused() -> None:
 
 EDITS: list[Callable[[bytes], bytes]] = [
     lambda value: mark_deleted(value, NOW),
+    lambda value: add_finalizer(value, "orphan"),
     lambda value: remove_finalizer(value, "orphan"),
     lambda value: remove_owner_references(value, {"uid-rs"}),
 ]
@@ -563,3 +656,21 @@ def test_edits_of_any_lists_in_both_encodings(finalizers: list[str], owners: lis
             assert decoded(edited).labels == decoded(value).labels
             marked = mark_deleted(edited, NOW)
             assert mark_deleted(marked, NOW) is marked
+
+
+@settings(max_examples=100, deadline=None)
+@given(finalizers=st.lists(_names, max_size=6), target=_names)
+def test_add_finalizer_to_any_list_in_both_encodings(finalizers: list[str], target: str) -> None:
+    expected = finalizers if target in finalizers else [*finalizers, target]
+    meta = MESSAGES["ObjectMeta"](name="x", uid="self", finalizers=finalizers)
+    after = add_finalizer(stored_protobuf(meta, "ConfigMap"), target)
+    assert after == stored_protobuf(MESSAGES["ObjectMeta"](name="x", uid="self", finalizers=expected), "ConfigMap")
+    document: dict[str, Any] = {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "x", "uid": "self"}}
+    if finalizers:
+        document["metadata"]["finalizers"] = finalizers
+    value = stored_json(document)
+    document["metadata"]["finalizers"] = expected
+    assert add_finalizer(value, target) == stored_json(document)
+    for edited in (after, add_finalizer(value, target)):
+        assert decoded(edited).finalizers == tuple(expected)
+        assert add_finalizer(edited, target) is edited

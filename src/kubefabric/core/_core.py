@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from kubefabric.core._collector import Collector
 from kubefabric.core._history import read_history
 from kubefabric.core._lease import Lessor
 from kubefabric.core._metrics import COMPACT_REVISION, LEASES, REVISION, WATCHERS
@@ -18,10 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class Core:
-    def __init__(self, store: Store, compaction_interval: float, compaction_retention: int) -> None:
+    def __init__(
+        self, store: Store, compaction_interval: float, compaction_retention: int, storage_gc: bool = True
+    ) -> None:
         self.mvcc = Mvcc(store)
         if isinstance(store, RoutedStore):
             self.mvcc.backend_of = store.backend_of
+        self.collector = Collector(self.mvcc) if storage_gc else None
         self.watches = WatchHub(self.mvcc)
         self.leases = Lessor(self.mvcc)
         self._compaction_interval = compaction_interval
@@ -43,11 +47,15 @@ class Core:
         COMPACT_REVISION.set(state.compact_revision)
         if self._compaction_interval > 0:
             self._compactor = asyncio.create_task(self._compact_forever(), name="auto-compaction")
+        if self.collector is not None:
+            self.collector.start()
 
     async def stop(self) -> None:
         """Stop background work and finish every write already accepted."""
         if self._compactor is not None:
             self._compactor.cancel()
+        if self.collector is not None:
+            await self.collector.stop()
         self.leases.stop()
         await self.mvcc.close()
 

@@ -21,3 +21,15 @@ OPAQUE_VALUES = Counter(
     "kubefabric_opaque_values_total",
     "Values written that are no Kubernetes object kubefabric can read (encrypted at rest, say): they match every selector",
 )
+GC_COLLECTED = Counter(
+    "kubefabric_gc_collected_total",
+    "Objects the garbage collector in storage deleted",
+)
+GC_PENDING = Gauge(
+    "kubefabric_gc_pending",
+    "Work the garbage collector in storage has yet to do: gone owners whose dependents, and objects, to examine",
+)
+GC_FAILED = Counter(
+    "kubefabric_gc_failed_total",
+    "Rounds of garbage collection in storage that failed (a database unreachable); their work is tried again",
+)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Container, Iterator
+from collections.abc import Awaitable, Callable, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from kubefabric.core._ops import (
     CompareTarget,
     DeleteOp,
     DeleteResult,
+    Edit,
     Op,
     OpResult,
     PutOp,
@@ -41,6 +42,7 @@ from kubefabric.core._ops import (
     in_range,
     is_read_only,
 )
+from kubefabric.core._page_counts import PageCounts
 from kubefabric.core._validate import check_key, check_put, check_txn
 from kubefabric.stores import (
     Change,
@@ -94,6 +96,7 @@ class Mvcc:
         self.identity = 0
         self.known_leases: Container[int] = ()  # the lessor's granted leases; puts may name only these
         self.objects = ObjectIndex()
+        self.page_counts = PageCounts()
         self._write_lock = asyncio.Lock()
         # key -> (revision, latest state or None if deleted) of writes not yet durable
         self._pending: dict[bytes, tuple[int, KeyValue | None]] = {}
@@ -144,7 +147,12 @@ class Mvcc:
     async def range(self, op: RangeOp) -> RangeResult:
         check_key(op)
         self.check_revision(op.revision)
-        return await _execute_range(op, _StoreReader(self.store), None, self.objects)
+        result = await _execute_range(op, _StoreReader(self.store), None, self.objects, page_counts=self.page_counts)
+        if result.revision > self.durable_revision:
+            # The store read a batch it has made durable that the committer has not landed yet: answer once
+            # it has, so that the revision reported can be read at (the next page of a list reads there).
+            await self._durable(result.revision)
+        return result
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -172,6 +180,11 @@ class Mvcc:
         result = await self._write(lambda txn: txn.run(op))
         assert isinstance(result, TxnResult)
         return result
+
+    async def apply_edits(self, edits: Sequence[Edit]) -> list[bool]:
+        """Make, in one revision, each edit whose key still holds the version it was decided on; skip the
+        others (their key changed meanwhile). Whether each was made."""
+        return await self._write(lambda txn: txn.edit(edits))
 
     async def write(self, evaluate: Callable[[_Txn], Awaitable[T]], revoked_leases: tuple[int, ...] = ()) -> T:
         """Evaluate a write with every earlier write durable first (for lease revocation)."""
@@ -416,8 +429,11 @@ class _StoreReader:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None,
+        counted: bool = True,
     ) -> RangeRows:
-        return await _read(self.store, start, end, revision or self.revision, limit, keys_only, count_only, selection)
+        return await _read(
+            self.store, start, end, revision or self.revision, limit, keys_only, count_only, selection, counted
+        )
 
 
 class _PendingReader:
@@ -441,6 +457,7 @@ class _PendingReader:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None,
+        counted: bool = True,
     ) -> RangeRows:
         if end is None and revision == 0:
             kv = await self.get(start)
@@ -450,7 +467,7 @@ class _PendingReader:
             return RangeRows([] if count_only else kvs, len(kvs), self.mvcc.revision)
         # Multi-key and historical reads come from the store alone: first let pending writes land.
         await self.mvcc.drain()
-        return await _read(self.mvcc.store, start, end, revision, limit, keys_only, count_only, selection)
+        return await _read(self.mvcc.store, start, end, revision, limit, keys_only, count_only, selection, counted)
 
 
 Reader = _StoreReader | _PendingReader
@@ -465,9 +482,10 @@ async def _read(
     keys_only: bool,
     count_only: bool,
     selection: Selection | None,
+    counted: bool = True,
 ) -> RangeRows:
     try:
-        return await store.range(start, end, revision, limit, keys_only, count_only, selection)
+        return await store.range(start, end, revision, limit, keys_only, count_only, selection, counted)
     except HistoryUnavailable:
         raise Compacted() from None
 
@@ -478,11 +496,14 @@ async def _execute_range(
     header_revision: int | None,
     objects: ObjectIndex,
     local: dict[bytes, KeyValue | None] | None = None,
+    page_counts: PageCounts | None = None,
 ) -> RangeResult:
     """etcd's executeRange: fetch, filter by revision, sort, truncate.
 
     `local` holds a txn's own writes so far, which its reads at the head must see.
     `header_revision` None reports the revision of the snapshot the rows came from.
+    `page_counts` carries the counts of paginated lists from page to page (plain Ranges only: a
+    txn's reads are few, and its own writes would change what it counts).
     """
     default_order = op.sort_order == SortOrder.NONE or (
         op.sort_target == SortTarget.KEY and op.sort_order == SortOrder.ASCEND
@@ -493,10 +514,25 @@ async def _execute_range(
     # Sorting by value needs the values even when the answer leaves them out.
     fetch_values = not op.keys_only or op.sort_target == SortTarget.VALUE
     selection = None if op.selector is None else objects.selection(op.selector)
+    # A page of a list returns the first keys of its range in key order (fetch_limit: no sort, no
+    # revision filters), so the count of the rest after it follows from its own. Only a fixed revision
+    # keeps that count true.
+    paged = op.end is not None and fetch_limit > 0 and not op.count_only
+    pages = page_counts if paged else None
+    known_count = None
+    if pages is not None and op.revision > 0:
+        known_count = pages.get(op.key, op.end, op.revision, op.selector)
     rows = await reader.range(
-        op.key, op.end, op.revision, fetch_limit, not fetch_values, op.count_only and not touched, selection
+        op.key,
+        op.end,
+        op.revision,
+        fetch_limit,
+        not fetch_values,
+        op.count_only and not touched,
+        selection,
+        counted=known_count is None,
     )
-    kvs, count = rows.kvs, rows.count
+    kvs, count = rows.kvs, rows.count if known_count is None else known_count
     if touched:
         assert local is not None
         merged = {kv.key: kv for kv in kvs}
@@ -527,6 +563,10 @@ async def _execute_range(
     more = op.limit > 0 and len(kvs) > op.limit
     if more:
         kvs = kvs[: op.limit]
+        if pages is not None:
+            # A read at the head saw the state at the revision its answer reports: the next page reads there.
+            revision = op.revision if op.revision > 0 else rows.revision
+            pages.continue_after(kvs[-1].key, op.end, revision, op.selector, count - len(kvs))
     if op.keys_only and (fetch_values or touched):
         kvs = [kv._replace(value=b"") for kv in kvs]
     return RangeResult(rows.revision if header_revision is None else header_revision, kvs, count, more)
@@ -591,6 +631,21 @@ class _Txn:
 
     async def range(self, op: RangeOp) -> RangeResult:
         return await _execute_range(op, self.reader, self.current_revision, self.mvcc.objects, self.local)
+
+    async def edit(self, edits: Sequence[Edit]) -> list[bool]:
+        made = []
+        for edit in edits:
+            found = await self.keys_in(edit.key, None)
+            current = found[0] if found else None
+            if current is None or current.mod_revision != edit.mod_revision:
+                made.append(False)
+            elif edit.value is None:
+                await self.delete(DeleteOp(edit.key))
+                made.append(True)
+            else:
+                await self.put(PutOp(edit.key, edit.value, lease=current.lease))
+                made.append(True)
+        return made
 
     async def run(self, txn: TxnOp) -> TxnResult:
         # etcd evaluates every compare on the chosen path, nested ones too, then checks every put

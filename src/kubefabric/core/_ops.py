@@ -71,6 +71,15 @@ class RangeOp:
     selector: Selector | None = None  # only the keys whose objects match
 
 
+@dataclass(frozen=True, slots=True)
+class Edit:
+    """A write decided on one version of a key: made only if the key still holds that version."""
+
+    key: bytes
+    mod_revision: int
+    value: bytes | None  # the new value, None to delete the key
+
+
 @dataclass(slots=True)
 class PutOp:
     key: bytes

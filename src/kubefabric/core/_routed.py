@@ -25,6 +25,7 @@ from kubefabric.core._topology import Backend, Topology, TopologyError
 from kubefabric.stores import (
     Change,
     KeyValue,
+    Lookup,
     PartialWriteFailure,
     RangeRows,
     Selection,
@@ -224,29 +225,39 @@ class RoutedStore:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None = None,
+        counted: bool = True,
     ) -> RangeRows:
         backends = self._backends_for(start, end)
+        # Every backend has durably reached this revision before the read starts; writes landing during
+        # the read must not raise the revision reported for rows read before them.
+        reached = self._revision
         if len(backends) == 1:
             rows = await self._on(
                 backends[0].name,
-                lambda store: store.range(start, end, revision, limit, keys_only, count_only, selection),
+                lambda store: store.range(start, end, revision, limit, keys_only, count_only, selection, counted),
             )
             # The backend's own revision lags whenever the latest writes went elsewhere.
-            rows.revision = max(rows.revision, self._revision)
+            rows.revision = max(rows.revision, reached)
             return rows
         # One snapshot for all: the head is read at the revision every backend has durably reached.
-        at = revision if revision > 0 else self._revision
+        at = revision if revision > 0 else reached
         answers = await self._on_all(
             [backend.name for backend in backends],
-            lambda store: store.range(start, end, at, limit, keys_only, count_only, selection),
+            lambda store: store.range(start, end, at, limit, keys_only, count_only, selection, counted),
         )
         kvs = list(heapq.merge(*(answer.kvs for answer in answers), key=lambda kv: kv.key))
         if limit:
             kvs = kvs[:limit]
-        return RangeRows(kvs, sum(answer.count for answer in answers), max(at, self._revision))
+        return RangeRows(kvs, sum(answer.count for answer in answers), max(at, reached))
 
     async def latest(self, key: bytes) -> KeyValue | None:
         return await self._on(self.topology.route(key).name, lambda store: store.latest(key))
+
+    async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        """Every backend's finds, merged by key: a key lives in one backend, so each comes back once."""
+        answers = await self._on_all(list(self._stores), lambda store: store.find(lookup, after, limit))
+        merged = heapq.merge(*answers, key=lambda kv: kv.key)
+        return list(itertools.islice(merged, limit) if limit else merged)
 
     async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
         answers = await self._on_all(list(self._stores), lambda store: store.unindexed(after, limit))

@@ -5,8 +5,22 @@ edits of their metadata that garbage collection writes.
 Pure functions without I/O, the lowest layer: stores, core and protocol all use it.
 """
 
-from kubefabric.objects._decode import FieldCatalog, ObjectInfo, OwnerReference, decode
-from kubefabric.objects._rewrite import NotAnObject, mark_deleted, remove_finalizer, remove_owner_references
+from kubefabric.objects._decode import (
+    COLLECTED_LABEL,
+    FOREGROUND_FINALIZER,
+    ORPHAN_FINALIZER,
+    FieldCatalog,
+    ObjectInfo,
+    OwnerReference,
+    decode,
+)
+from kubefabric.objects._rewrite import (
+    NotAnObject,
+    add_finalizer,
+    mark_deleted,
+    remove_finalizer,
+    remove_owner_references,
+)
 from kubefabric.objects._selectors import (
     Operator,
     Requirement,
@@ -17,6 +31,9 @@ from kubefabric.objects._selectors import (
 )
 
 __all__ = [
+    "COLLECTED_LABEL",
+    "FOREGROUND_FINALIZER",
+    "ORPHAN_FINALIZER",
     "FieldCatalog",
     "NotAnObject",
     "ObjectInfo",
@@ -25,6 +42,7 @@ __all__ = [
     "Requirement",
     "Selector",
     "SelectorError",
+    "add_finalizer",
     "decode",
     "label_integer",
     "mark_deleted",

@@ -41,6 +41,12 @@ class OwnerReference:
     block_owner_deletion: bool
 
 
+COLLECTED_LABEL = "skip-controller-manager-metadata-caching"
+"""Objects with this label (any value) are garbage-collected by kubefabric, not by kube-controller-manager."""
+ORPHAN_FINALIZER = "orphan"  # metav1.FinalizerOrphanDependents
+FOREGROUND_FINALIZER = "foregroundDeletion"  # metav1.FinalizerDeleteDependents
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
     name: str
@@ -55,6 +61,21 @@ class ObjectInfo:
     deletion_timestamp: str | None
     """RFC 3339 as stored, None when unset."""
     encoding: Literal["json", "protobuf"]
+
+    @property
+    def collected(self) -> bool:
+        """Whether kubefabric's garbage collector, not kube-controller-manager's, collects it."""
+        return COLLECTED_LABEL in self.labels
+
+    @property
+    def waiting_for_dependents(self) -> bool:
+        """Being deleted in the foreground: Kubernetes' garbage collector deletes its dependents first."""
+        return bool(self.deletion_timestamp) and FOREGROUND_FINALIZER in self.finalizers
+
+    @property
+    def orphaning(self) -> bool:
+        """Being deleted with its dependents orphaned: their references to it go first."""
+        return bool(self.deletion_timestamp) and ORPHAN_FINALIZER in self.finalizers
 
 
 _CustomFields = tuple[tuple[str, tuple[str, ...]], ...]

@@ -1,16 +1,19 @@
 """Edits of a stored object's metadata that keep its encoding and every other byte of it.
 
-What garbage collection in storage writes: the deletion marks kube-apiserver sets on a delete that finalizers hold
-back, and the removal of finalizers and owner references. Each edit touches only the metadata:
+What garbage collection in storage writes: the finalizer a delete's propagation policy adds, the deletion marks
+kube-apiserver sets on a delete that finalizers hold back, and the removal of finalizers and owner references. Each
+edit touches only the metadata:
 
 - protobuf: the ObjectMeta message (field 1 of the object) is rebuilt from its fields' original bytes, changed
-  fields being written in field-number order as Kubernetes' generated code writes them; only the lengths around
-  it change, every other field of the object and of the runtime.Unknown envelope keeps its bytes.
+  fields being written in field-number order as Kubernetes' generated code writes them (an added finalizer after
+  the existing ones); only the lengths around it change, every other field of the object and of the
+  runtime.Unknown envelope keeps its bytes.
 - JSON: only the members of "metadata" that change are rewritten, in place; every other byte of the document
   stays as stored (the trailing newline of Go's json.Encoder, Go's \\u003c escapes, number spellings, key order).
   Re-encoding the document instead would need Go's encoder exactly, for values (floats, escapes in strings and in
   managedFields keys) that no edit changes. New members take the place kube-apiserver gives them: the order of
-  ObjectMeta's fields in a built-in object, alphabetical in a custom resource (encoded from a map, sorted).
+  ObjectMeta's fields in a built-in object, alphabetical in a custom resource (encoded from a map, sorted); an
+  added finalizer is escaped as Go escapes a string.
 
 An edit that changes nothing returns the value itself, so that each is idempotent and a caller can skip the write.
 """
@@ -43,6 +46,14 @@ def mark_deleted(value: bytes, now: datetime) -> bytes:
     if now.tzinfo is None:
         raise ValueError("mark_deleted needs a timezone-aware time")
     return _edit(value, _json_mark_deleted(now), _protobuf_mark_deleted(now))
+
+
+def add_finalizer(value: bytes, finalizer: str) -> bytes:
+    """Append `finalizer` to metadata.finalizers unless it is there already, as kube-apiserver adds a delete's
+    propagation policy finalizer ("orphan", "foregroundDeletion"; registry.Store.Delete ->
+    deletionFinalizersForGarbageCollection)."""
+    encoded = finalizer.encode()
+    return _edit(value, _json_add_finalizer(finalizer), _protobuf_add_finalizer(encoded))
 
 
 def remove_finalizer(value: bytes, finalizer: str) -> bytes:
@@ -259,6 +270,33 @@ def _json_set(members: list[_Member], member: _Member, alphabetical: bool) -> li
     return new[:position] + [member] + new[position:]
 
 
+# What Go's encoding/json (kube-apiserver's encoders) escapes beyond what Python's encoder does.
+_GO_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def _go_json_string(text: str) -> str:
+    """A string as Go's encoding/json writes it."""
+    return json.dumps(text, ensure_ascii=False).translate(_GO_ESCAPES)
+
+
+def _json_add_finalizer(finalizer: str) -> _JsonEdit:
+    def edit(members: list[_Member], alphabetical: bool) -> list[_Member]:
+        current = next((m for m in reversed(members) if m.key == "finalizers"), None)
+        items = []
+        if current is not None and current.raw_value != "null":  # null decodes as no finalizers
+            if not current.raw_value.startswith("["):
+                raise NotAnObject("metadata.finalizers is not a list")
+            items = _json_array_items(current.raw_value)
+        if any(item == finalizer for item, _ in items):
+            return members
+        raw_value = "[" + ",".join([raw for _, raw in items] + [_go_json_string(finalizer)]) + "]"
+        if current is None:
+            return _json_set(members, _Member.new("finalizers", raw_value), alphabetical)
+        return _json_set(members, _Member(current.key, current.raw_key, raw_value), alphabetical)
+
+    return edit
+
+
 def _json_mark_deleted(now: datetime) -> _JsonEdit:
     def edit(members: list[_Member], alphabetical: bool) -> list[_Member]:
         current = {m.key: m for m in members}  # the last occurrence of a key is the one decoders keep
@@ -352,6 +390,21 @@ def _protobuf_mark_deleted(now: datetime) -> _ProtobufEdit:
             time = varint_field(1, now_seconds) + varint_field(2, 0)
             fields = _protobuf_set(fields, bytes_field(_DELETION_TIMESTAMP, time))
         return _protobuf_set(fields, varint_field(_DELETION_GRACE_PERIOD_SECONDS, 0))
+
+    return edit
+
+
+def _protobuf_add_finalizer(encoded: bytes) -> _ProtobufEdit:
+    def edit(fields: list[_wire.RawField]) -> list[_wire.RawField]:
+        entries = [i for i, f in enumerate(fields) if f.number == _FINALIZERS and f.wire_type == 2]
+        if any(fields[i].payload == encoded for i in entries):
+            return fields
+        if entries:
+            position = entries[-1] + 1
+        else:
+            position = next((i for i, f in enumerate(fields) if f.number > _FINALIZERS), len(fields))
+        (added,) = _wire.split(bytes_field(_FINALIZERS, encoded))
+        return fields[:position] + [added] + fields[position:]
 
     return edit
 

@@ -136,9 +136,19 @@ def register(server: grpc.aio.Server, service_name: str, servicer: object) -> No
         handlers[method.name] = handler_kind(
             behaviour,
             request_deserializer=_decoder(GetMessageClass(method.input_type)),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            response_serializer=_encoder(GetMessageClass(method.output_type)),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+
+
+def _encoder(message_class: Any) -> Callable[[Any], bytes]:
+    """Serialize a response message; a response a handler wrote as bytes already goes out as it is."""
+    serialize = message_class.SerializeToString
+
+    def encode(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serialize(response)
+
+    return encode
 
 
 def _not_implemented(name: str) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]:

@@ -139,6 +139,89 @@ def range_response(result: RangeResult, header: Header) -> rpc_pb2.RangeResponse
     )
 
 
+def range_response_bytes(result: RangeResult, header: Header) -> bytes:
+    """range_response(result, header).SerializeToString(), byte for byte, written directly.
+
+    A page of a list holds hundreds of keys: a message object for each, then serializing them all,
+    costs about a third more CPU than writing their bytes.
+    """
+    header.revision = result.revision
+    # The fields in number order, as protobuf writes them: header (1), kvs (2), then more (3) and count (4).
+    return b"".join(
+        [
+            rpc_pb2.RangeResponse(header=header).SerializeToString(),
+            *_key_value_fields(result.kvs),
+            rpc_pb2.RangeResponse(count=result.count, more=result.more).SerializeToString(),
+        ]
+    )
+
+
+def _key_value_fields(kvs: list[KeyValue]) -> list[bytes]:
+    """The pieces of each key-value as a `kvs` field (number 2) of RangeResponse, zero fields left out as
+    proto3 does: key (1), create_revision (2), mod_revision (3), version (4), value (5), lease (6)."""
+    parts: list[bytes] = []
+    extend = parts.extend
+    for key, create_revision, mod_revision, version, value, lease in kvs:
+        if key and create_revision and mod_revision and version and value:  # every live key with a value
+            head = b"".join(
+                (
+                    b"\x0a",
+                    _varint(len(key)),
+                    key,
+                    b"\x10",
+                    _varint(create_revision),
+                    b"\x18",
+                    _varint(mod_revision),
+                    b"\x20",
+                    _varint(version),
+                    b"\x2a",
+                    _varint(len(value)),
+                )
+            )
+        else:
+            head = b"\x0a" + _varint(len(key)) + key if key else b""
+            if create_revision:
+                head += b"\x10" + _varint(create_revision)
+            if mod_revision:
+                head += b"\x18" + _varint(mod_revision)
+            if version:
+                head += b"\x20" + _varint(version)
+            if value:
+                head += b"\x2a" + _varint(len(value))
+        if lease:
+            tail = b"\x30" + _varint(lease)
+            extend((b"\x12", _varint(len(head) + len(value) + len(tail)), head, value, tail))
+        else:
+            extend((b"\x12", _varint(len(head) + len(value)), head, value))
+    return parts
+
+
+def _varint(number: int) -> bytes:
+    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement."""
+    # This runs several times per key: its 7-bit groups come from tables, 14 bits at a time.
+    if 0 <= number < 0x4000:
+        return _SHORT_VARINTS[number]
+    if 0 <= number < 0x1000_0000:
+        return _CONTINUED_PAIRS[number & 0x3FFF] + _SHORT_VARINTS[number >> 14]
+    if 0 <= number < 0x400_0000_0000:
+        return (
+            _CONTINUED_PAIRS[number & 0x3FFF] + _CONTINUED_PAIRS[number >> 14 & 0x3FFF] + _SHORT_VARINTS[number >> 28]
+        )
+    number &= 0xFFFF_FFFF_FFFF_FFFF
+    encoded = bytearray()
+    while number >= 0x80:
+        encoded.append(number & 0x7F | 0x80)
+        number >>= 7
+    encoded.append(number)
+    return bytes(encoded)
+
+
+# The varint of each number below 2**14, and the low 14 bits of a larger one (two groups, both marked
+# as continued).
+_SHORT_VARINTS = [bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7)) for n in range(0x4000)]
+_CONTINUED_PAIRS = [bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(0x4000)]
+
+
 def put_response(result: PutResult, header: Header) -> rpc_pb2.PutResponse:
     header.revision = result.revision
     response = rpc_pb2.PutResponse(header=header)

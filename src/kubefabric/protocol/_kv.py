@@ -16,9 +16,10 @@ class KVService:
         self.headers = headers
 
     @unary
-    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.RangeResponse:
+    async def Range(self, request: rpc_pb2.RangeRequest, context: grpc.aio.ServicerContext) -> bytes:
+        """A RangeResponse, serialized: see range_response_bytes."""
         result = await self.mvcc.range(convert.range_op(request))
-        return convert.range_response(result, self.headers())
+        return convert.range_response_bytes(result, self.headers())
 
     @unary
     async def Put(self, request: rpc_pb2.PutRequest, context: grpc.aio.ServicerContext) -> rpc_pb2.PutResponse:

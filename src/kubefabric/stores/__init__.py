@@ -11,6 +11,7 @@ from kubefabric.stores._base import (
     Change,
     HistoryUnavailable,
     KeyValue,
+    Lookup,
     PartialWriteFailure,
     RangeRows,
     Selection,
@@ -21,7 +22,7 @@ from kubefabric.stores._base import (
 )
 from kubefabric.stores._etcd import EtcdOptions, EtcdStore
 from kubefabric.stores._ownership import OwnershipLock, OwnershipRefused, announce_listen_address
-from kubefabric.stores._selection import attributes
+from kubefabric.stores._selection import BLOCKING, COLLECTING, OPAQUE, OWNER, UID, attributes
 from kubefabric.stores._sqlite import SqliteStore
 
 
@@ -67,7 +68,12 @@ def redact(endpoint: str) -> str:
 
 
 __all__ = [
+    "BLOCKING",
+    "COLLECTING",
     "LIVE",
+    "OPAQUE",
+    "OWNER",
+    "UID",
     "Attribute",
     "Change",
     "EndpointError",
@@ -75,6 +81,7 @@ __all__ = [
     "EtcdStore",
     "HistoryUnavailable",
     "KeyValue",
+    "Lookup",
     "OwnershipLock",
     "OwnershipRefused",
     "PartialWriteFailure",

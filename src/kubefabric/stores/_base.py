@@ -47,6 +47,16 @@ class Selection:
     matches: Callable[[KeyValue], bool]  # whether the object a version holds matches
 
 
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Live versions that have an attribute named one of `names` (with one of `values`, when given), for a
+    store to find through its index, and the same test on one version, for a store that keeps no index."""
+
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+    matches: Callable[[KeyValue], bool]
+
+
 class Change(NamedTuple):
     """One key written at one revision: a new version, or a tombstone when `kv.version == 0`."""
 
@@ -181,15 +191,22 @@ class Store(Protocol):
         keys_only: bool,
         count_only: bool,
         selection: Selection | None = None,
+        counted: bool = True,
     ) -> RangeRows:
         """Keys in [start, end) (end None: only start; b"": no upper bound) as of `revision`, and
         only those whose objects `selection` matches.
 
-        `count` is the number of such keys ignoring `limit`; `limit` 0 means no limit.
+        `count` is the number of such keys ignoring `limit`; `limit` 0 means no limit. With `counted`
+        False the caller knows that number already: the store need not count, and `count` may be just
+        the number of rows returned.
         """
 
     async def latest(self, key: bytes) -> KeyValue | None:
         """The live version of one key."""
+
+    async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        """The live versions (tombstones never) `lookup` selects whose key is > `after`, in key order, at most
+        `limit` of them (0: all)."""
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         """Changes with after < revision <= until, in revision and sub order, `prev` filled in."""

@@ -30,6 +30,7 @@ from kubefabric.stores._base import (
     Change,
     HistoryUnavailable,
     KeyValue,
+    Lookup,
     RangeRows,
     Selection,
     StoredState,
@@ -59,6 +60,7 @@ DEFRAGMENT_TIMEOUT = 3600.0  # etcd rewrites its whole database file
 # watcher sync (up to 100 ms later), far too slow for watchers that are just catching up.
 RECENT_CHANGES = 10_000
 PRUNE_SECONDS = 60.0
+FIND_PAGE = 1000  # live keys read per request while looking through them (etcd keeps no attribute index)
 _OUTAGE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
@@ -418,6 +420,7 @@ class EtcdStore:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None = None,
+        counted: bool = True,  # etcd counts every range it reads: nothing to save
     ) -> RangeRows:
         if selection is not None:
             # etcd cannot filter by what a value holds: read the whole range and match here.
@@ -432,11 +435,11 @@ class EtcdStore:
         etcd_revision = self._etcd_revision(revision)
         hidden = 0
         if (part := _hidden_part(start, end)) is not None:
-            counted = await self._call(
+            hidden_keys = await self._call(
                 kv.Range,
                 rpc_pb2.RangeRequest(key=part[0], range_end=part[1], revision=etcd_revision, count_only=True),
             )
-            hidden = counted.count
+            hidden = hidden_keys.count
         answer = await self._call(
             kv.Range,
             rpc_pb2.RangeRequest(
@@ -465,6 +468,19 @@ class EtcdStore:
     async def latest(self, key: bytes) -> KeyValue | None:
         rows = await self.range(key, None, 0, 0, False, False)
         return rows.kvs[0] if rows.kvs else None
+
+    async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        # No index to ask: test every live key after `after`, a page at a time (range leaves the hidden keys out).
+        found: list[KeyValue] = []
+        start = after + b"\0"  # the first key > after
+        while True:
+            page = await self.range(start, b"", 0, FIND_PAGE, False, False)
+            found += filter(lookup.matches, page.kvs)
+            if limit and len(found) >= limit:
+                return found[:limit]
+            if len(page.kvs) < FIND_PAGE:
+                return found
+            start = page.kvs[-1].key + b"\0"
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         if after + 1 < self.map.floor:

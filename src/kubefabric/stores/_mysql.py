@@ -35,6 +35,7 @@ from kubefabric.stores._base import (
     ROW_COLUMNS,
     Change,
     KeyValue,
+    Lookup,
     RangeRows,
     Selection,
     StoredState,
@@ -43,11 +44,18 @@ from kubefabric.stores._base import (
     split_batch,
 )
 from kubefabric.stores._ownership import ConnectionLock, OwnershipLock, describe_this_process
-from kubefabric.stores._selection import MAX_NAME_BYTES, MAX_VALUE_BYTES, Dialect, selection_queries
+from kubefabric.stores._selection import (
+    MAX_NAME_BYTES,
+    MAX_VALUE_BYTES,
+    Dialect,
+    lookup_queries,
+    merge_found,
+    selection_queries,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Keys are indexed in (superseded, key): InnoDB's 3072-byte index limit (DYNAMIC rows, 16 KiB pages)
 # leaves room for this with margin on every MySQL-compatible server.
 MAX_KEY_BYTES = 2048
@@ -68,7 +76,8 @@ CREATE TABLE IF NOT EXISTS kv (
 ) ENGINE = InnoDB ROW_FORMAT = DYNAMIC
 """
 # Version 2: the selector index (see _selection.py). Binary names and values compare exactly, and
-# (name, value, key) fits InnoDB's 3072-byte index entries.
+# (name, value, key) fits InnoDB's 3072-byte index entries. Version 3: the same tables, the index also
+# holding the rows garbage collection finds versions by.
 CREATE_ATTRIBUTE = f"""
 CREATE TABLE IF NOT EXISTS attribute (
     `key` VARBINARY({MAX_KEY_BYTES}) NOT NULL,
@@ -178,10 +187,17 @@ NEXT_STATEMENT_READ_COMMITTED = "SET TRANSACTION ISOLATION LEVEL READ COMMITTED"
 COMPACT_CHUNK = "SELECT `key`, mod_revision FROM kv WHERE superseded <= %s LIMIT %s"
 VERSIONS = "(`key`, mod_revision) IN ({versions})"
 INSERT_ATTRIBUTE = "INSERT INTO attribute (`key`, mod_revision, name, value, number) VALUES (%s, %s, %s, %s, %s)"
-UPGRADE_TO_2 = (
+# Both leave the index to be built on start-up (see StoredState.index_backlog). DDL commits at once, so
+# the version changes last: an upgrade cut short is done again.
+UPGRADE_FROM_1 = (
     CREATE_ATTRIBUTE,
     "INSERT IGNORE INTO meta (name, value) VALUES ('index_complete', 0)",
-    "UPDATE meta SET value = 2 WHERE name = 'schema_version'",
+    f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
+)
+UPGRADE_FROM_2 = (
+    "UPDATE meta SET value = 0 WHERE name = 'index_complete'",
+    "TRUNCATE TABLE attribute",
+    f"UPDATE meta SET value = {SCHEMA_VERSION} WHERE name = 'schema_version'",
 )
 UNINDEXED = f"""
 SELECT {KV_FIELDS} FROM kv FORCE INDEX (PRIMARY) WHERE (`key`, mod_revision) > (%s, %s) AND version > 0
@@ -495,10 +511,15 @@ class MysqlStore:
         try:
             if version is None:
                 await self._create_schema()
-            elif version == 1:
-                log.info("upgrading database %s to schema version 2: a selector index", self._endpoint.database)
-                async with self._session(UPGRADE_TO_2[0]) as cursor:
-                    for statement in UPGRADE_TO_2[1:]:
+            elif version in (1, 2):
+                log.info(
+                    "upgrading database %s to schema version %d: an index of selectors and owners",
+                    self._endpoint.database,
+                    SCHEMA_VERSION,
+                )
+                first, *rest = UPGRADE_FROM_1 if version == 1 else UPGRADE_FROM_2
+                async with self._session(first) as cursor:
+                    for statement in rest:
                         await cursor.execute(statement)
             async with self._transaction(START_SNAPSHOT) as cursor:
                 await cursor.execute(READ_META)
@@ -609,6 +630,14 @@ class MysqlStore:
         async with self._session(UNINDEXED, (*after, limit)) as cursor:
             return [KeyValue._make(row) for row in await cursor.fetchall()]
 
+    async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        answers = []
+        async with self._transaction(START_SNAPSHOT) as cursor:
+            for select, params in lookup_queries(DIALECT, lookup.names, lookup.values, after, limit):
+                await cursor.execute(select, params)
+                answers.append([KeyValue._make(row) for row in await cursor.fetchall()])
+        return merge_found(answers, limit)
+
     # -- reads ---------------------------------------------------------------------------------
 
     async def range(
@@ -620,6 +649,7 @@ class MysqlStore:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None = None,
+        counted: bool = True,
     ) -> RangeRows:
         async with self._transaction(START_SNAPSHOT) as cursor:
             await cursor.execute(READ_REVISION)
@@ -636,7 +666,8 @@ class MysqlStore:
                 return RangeRows([], await _count(cursor, count, params), head)
             await cursor.execute(select, params)
             kvs = [KeyValue._make(row) for row in await cursor.fetchall()]
-            total = len(kvs) if limit <= 0 or len(kvs) < limit else await _count(cursor, count, params)
+            full = limit > 0 and len(kvs) >= limit
+            total = await _count(cursor, count, params) if full and counted else len(kvs)
         return RangeRows(kvs, total, head)
 
     async def latest(self, key: bytes) -> KeyValue | None:

@@ -24,6 +24,7 @@ from kubefabric.stores._base import (
     ROW_COLUMNS,
     Change,
     KeyValue,
+    Lookup,
     RangeRows,
     Selection,
     StoredState,
@@ -32,13 +33,14 @@ from kubefabric.stores._base import (
     split_batch,
 )
 from kubefabric.stores._ownership import ConnectionLock, OwnershipLock, moment, this_process
-from kubefabric.stores._selection import Dialect, selection_queries
+from kubefabric.stores._selection import Dialect, lookup_queries, merge_found, selection_queries
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Version 2: the selector index (see _selection.py). Byte order ("C") for names and values, so
-# equality is exact and nothing depends on the database's locale.
+# equality is exact and nothing depends on the database's locale. Version 3: the same tables, the
+# index also holding the rows garbage collection finds versions by.
 ATTRIBUTE_SCHEMA = """
 CREATE TABLE attribute (
     key bytea NOT NULL,
@@ -77,10 +79,16 @@ INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), (
     ('index_complete', 1);
 {ATTRIBUTE_SCHEMA}
 """
-UPGRADE_TO_2 = f"""
+# Both leave the index to be built on start-up (see StoredState.index_backlog).
+UPGRADE_FROM_1 = f"""
 {ATTRIBUTE_SCHEMA}
 INSERT INTO meta VALUES ('index_complete', 0);
-UPDATE meta SET value = 2 WHERE name = 'schema_version';
+UPDATE meta SET value = {SCHEMA_VERSION} WHERE name = 'schema_version';
+"""
+UPGRADE_FROM_2 = f"""
+TRUNCATE attribute;
+UPDATE meta SET value = 0 WHERE name = 'index_complete';
+UPDATE meta SET value = {SCHEMA_VERSION} WHERE name = 'schema_version';
 """
 READ_SCHEMA_VERSION = "SELECT value FROM meta WHERE name = 'schema_version'"
 LOCK_SCHEMA = f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"
@@ -397,9 +405,13 @@ class PostgresStore:
                 log.info("creating schema version %d in %s", SCHEMA_VERSION, self._endpoint)
                 await connection.execute(SCHEMA)
                 await connection.execute(INSERT_IDENTITY, random.getrandbits(63))
-            elif await connection.fetchval(READ_SCHEMA_VERSION) == 1:
-                log.info("upgrading %s to schema version 2: a selector index", self._endpoint)
-                await connection.execute(UPGRADE_TO_2)
+            elif (version := await connection.fetchval(READ_SCHEMA_VERSION)) in (1, 2):
+                log.info(
+                    "upgrading %s to schema version %d: an index of selectors and owners",
+                    self._endpoint,
+                    SCHEMA_VERSION,
+                )
+                await connection.execute(UPGRADE_FROM_1 if version == 1 else UPGRADE_FROM_2)
 
     async def _read_state(self) -> StoredState:
         async with self._connection() as connection:
@@ -498,6 +510,7 @@ class PostgresStore:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None = None,
+        counted: bool = True,
     ) -> RangeRows:
         async with self._snapshot() as connection:
             head = await connection.fetchval(READ_REVISION)
@@ -511,11 +524,19 @@ class PostgresStore:
             if count_only:
                 return RangeRows([], await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT), head)
             rows = await connection.fetch(select, *params, timeout=BULK_READ_TIMEOUT)
-            if limit <= 0 or len(rows) < limit:
+            if limit <= 0 or len(rows) < limit or not counted:
                 total = len(rows)
             else:
                 total = await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT)
         return RangeRows([KeyValue._make(row) for row in rows], total, head)
+
+    async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        async with self._snapshot() as connection:
+            answers = [
+                [KeyValue._make(row) for row in await connection.fetch(select, *params, timeout=BULK_READ_TIMEOUT)]
+                for select, params in lookup_queries(DIALECT, lookup.names, lookup.values, after, limit)
+            ]
+        return merge_found(answers, limit)
 
     async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
         async with self._connection() as connection:

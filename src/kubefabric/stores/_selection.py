@@ -8,6 +8,10 @@ Kubernetes matches a missing field as "", which keeps `spec.nodeName=` an anti-j
 row per object. Opaque versions match every selector, so nothing is ever lost: the apiserver
 filters what it gets again.
 
+Every readable object also gets the rows garbage collection looks its versions up by: `u` (its uid),
+`o:<owner uid>` per owner it references ("b" when the reference blocks the owner's deletion) and `g`
+when it is collected by kubefabric and has owners or is being deleted. Selectors never look at them.
+
 A selector becomes EXISTS / NOT EXISTS conditions on a version's rows. When one requirement needs
 a row to exist (`app=web`, `tier in (a,b)`, `spec.nodeName=n1`...), the query is driven from
 the attribute index instead of the key range, so it costs O(matches), not O(objects).
@@ -15,17 +19,30 @@ the attribute index instead of the key range, so it costs O(matches), not O(obje
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from kubefabric.objects import ObjectInfo, Requirement, Selector, label_integer
-from kubefabric.stores._base import LIVE, Attribute
+from kubefabric.stores._base import LIVE, Attribute, KeyValue
 
-OPAQUE = ""  # the name of the one row of a version whose value is no object kubefabric can read
+# The name of the one row standing for a version's selector rows when its value is no object kubefabric can
+# read, or has a label or field too long to index.
+OPAQUE = ""
 # Longer values are not indexed: their version is indexed as opaque instead. That keeps every index
 # entry (name, value, key) within InnoDB's 3072 bytes, with keys of up to 2048.
 MAX_NAME_BYTES = 320
 MAX_VALUE_BYTES = 700
+
+# The rows garbage collection finds versions by.
+UID = "u"  # value: the object's metadata.uid
+OWNER = "o:"  # + an owner's uid; value BLOCKING when a reference to it has blockOwnerDeletion, else ""
+BLOCKING = "b"
+# value "": what the collector examines after a restart: a collected object with owners or a deletionTimestamp,
+# or any object being deleted in the foreground (its collected dependents are the collector's).
+COLLECTING = "g"
+# Names or values per statement of a lookup: bounded, so that no statement nears a database's parameter limit.
+LOOKUP_CHUNK = 500
 
 # Columns of a range answer, in KeyValue order, from the `kv` alias.
 _KV_COLUMNS = ("{key}", "create_revision", "mod_revision", "version", "value", "lease")
@@ -33,15 +50,40 @@ _KV_COLUMNS = ("{key}", "create_revision", "mod_revision", "version", "value", "
 
 def attributes(key: bytes, mod_revision: int, info: ObjectInfo | None) -> list[Attribute]:
     """The attribute rows of one version whose object is `info` (None: not readable)."""
-    if info is not None:
-        rows = [
-            Attribute(key, mod_revision, "l:" + name, value, label_integer(value))
-            for name, value in info.labels.items()
-        ]
-        rows += [Attribute(key, mod_revision, "f:" + name, value, None) for name, value in info.fields.items() if value]
-        if all(len(row.name.encode()) <= MAX_NAME_BYTES and len(row.value.encode()) <= MAX_VALUE_BYTES for row in rows):
-            return rows
-    return [Attribute(key, mod_revision, OPAQUE, "", None)]
+    # The opaque row's value is the key's last segment, the object's name in a /registry key: garbage collection
+    # finds by it the unreadable objects that may be an owner it cannot find by uid.
+    name = key.rsplit(b"/", 1)[-1].decode(errors="replace")
+    opaque = [Attribute(key, mod_revision, OPAQUE, name if len(name.encode()) <= MAX_VALUE_BYTES else "", None)]
+    if info is None:
+        return opaque
+    rows = [
+        Attribute(key, mod_revision, "l:" + name, value, label_integer(value)) for name, value in info.labels.items()
+    ]
+    rows += [Attribute(key, mod_revision, "f:" + name, value, None) for name, value in info.fields.items() if value]
+    if not all(map(_indexable, rows)):
+        rows = opaque
+    # Garbage collection rows stay with an opaque version; one too long to index is left out alone.
+    return rows + [row for row in _collection_rows(key, mod_revision, info) if _indexable(row)]
+
+
+def _indexable(row: Attribute) -> bool:
+    return len(row.name.encode()) <= MAX_NAME_BYTES and len(row.value.encode()) <= MAX_VALUE_BYTES
+
+
+def _collection_rows(key: bytes, mod_revision: int, info: ObjectInfo) -> list[Attribute]:
+    rows = [Attribute(key, mod_revision, UID, info.uid, None)] if info.uid else []
+    # One row per owner: an object may reference one owner twice, and blocks it if either reference does.
+    blocks: dict[str, bool] = {}
+    for reference in info.owner_references:
+        blocks[reference.uid] = blocks.get(reference.uid, False) or reference.block_owner_deletion
+    rows += [
+        Attribute(key, mod_revision, OWNER + uid, BLOCKING if block else "", None) for uid, block in blocks.items()
+    ]
+    if (info.collected and (info.owner_references or info.deletion_timestamp is not None)) or (
+        info.waiting_for_dependents
+    ):
+        rows.append(Attribute(key, mod_revision, COLLECTING, "", None))
+    return rows
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +232,54 @@ def selection_queries(
         f"SELECT * FROM ({opaque} ORDER BY d.{key} LIMIT {limit}) AS opaque ORDER BY 1 LIMIT {limit}"
     )
     return select, count, query.params
+
+
+def lookup_queries(
+    dialect: Dialect, names: Sequence[str], values: Sequence[str], after: bytes, limit: int
+) -> list[tuple[str, list[object]]]:
+    """(select, parameters) of the statements whose answers, merged by `merge_found`, are the live versions with an
+    attribute named one of `names` (and valued one of `values`, when any) whose key is > `after`.
+
+    Each statement takes a share of the names and values, walks their entries in the attribute index, joins each
+    entry's version if it is live, and returns at most `limit` versions (0: all), each once, in key order: the
+    first `limit` of the merge are among them.
+    """
+    key = dialect.key
+    columns = ", ".join(f"kv.{column.format(key=key)}" for column in _KV_COLUMNS)
+    statements = []
+    for some_names in _chunks(names):
+        for some_values in _chunks(values) if values else [()]:
+            query = _Query(dialect)
+            select = (
+                f"SELECT {columns} FROM {dialect.driven_join} "
+                f"WHERE d.name IN ({', '.join(map(query.param, some_names))}) "
+            )
+            if some_values:
+                select += f"AND d.value IN ({', '.join(map(query.param, some_values))}) "
+            select += (
+                f"AND d.{key} > {query.param(after)} AND kv.{key} = d.{key} AND kv.mod_revision = d.mod_revision "
+                f"AND kv.superseded = {LIVE} "
+            )
+            if len(some_names) > 1:
+                # A version can have several of the names (o:<uid> of two owners): it comes back once.
+                select += f"GROUP BY kv.{key}, kv.mod_revision ORDER BY kv.{key}, kv.mod_revision"
+            else:
+                select += f"ORDER BY d.{key}"
+            statements.append((select + (f" LIMIT {limit}" if limit > 0 else ""), query.params))
+    return statements
+
+
+def merge_found(answers: Iterable[list[KeyValue]], limit: int) -> list[KeyValue]:
+    """The answers of `lookup_queries`' statements as one: in key order, each version once, at most `limit` (0: all)."""
+    found: list[KeyValue] = []
+    for kv in heapq.merge(*answers, key=lambda kv: kv.key):
+        if found and found[-1].key == kv.key:
+            continue  # a version matched in two statements' shares
+        found.append(kv)
+        if len(found) == limit:
+            break
+    return found
+
+
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[start : start + LOOKUP_CHUNK] for start in range(0, len(items), LOOKUP_CHUNK)]

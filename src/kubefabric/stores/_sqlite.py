@@ -24,6 +24,7 @@ from kubefabric.stores._base import (
     ROW_COLUMNS,
     Change,
     KeyValue,
+    Lookup,
     RangeRows,
     Selection,
     StoredState,
@@ -31,13 +32,14 @@ from kubefabric.stores._base import (
     split_batch,
 )
 from kubefabric.stores._ownership import FileOwnershipLock, OwnershipLock
-from kubefabric.stores._selection import Dialect, selection_queries
+from kubefabric.stores._selection import Dialect, lookup_queries, merge_found, selection_queries
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
-# Version 2: the selector index (see _selection.py).
+SCHEMA_VERSION = 3
+# Version 2: the selector index (see _selection.py). Version 3: the same tables, the index also holding the
+# rows garbage collection finds versions by.
 ATTRIBUTE_SCHEMA = """
 CREATE TABLE attribute (
     key BLOB NOT NULL,
@@ -71,11 +73,19 @@ INSERT INTO meta VALUES ('schema_version', {SCHEMA_VERSION}), ('revision', 1), (
     ('index_complete', 1);
 {ATTRIBUTE_SCHEMA}
 """
-UPGRADE_TO_2 = f"""
+# Both leave the index to be built on start-up (see StoredState.index_backlog).
+UPGRADE_FROM_1 = f"""
 BEGIN IMMEDIATE;
 {ATTRIBUTE_SCHEMA}
 INSERT INTO meta VALUES ('index_complete', 0);
-UPDATE meta SET value = 2 WHERE name = 'schema_version';
+UPDATE meta SET value = {SCHEMA_VERSION} WHERE name = 'schema_version';
+COMMIT;
+"""
+UPGRADE_FROM_2 = f"""
+BEGIN IMMEDIATE;
+DELETE FROM attribute;
+UPDATE meta SET value = 0 WHERE name = 'index_complete';
+UPDATE meta SET value = {SCHEMA_VERSION} WHERE name = 'schema_version';
 COMMIT;
 """
 
@@ -110,7 +120,13 @@ DIALECT = Dialect(
 # kubefabric's own notes (the topology its keys were placed by); outside the versioned schema.
 CREATE_NOTES = "CREATE TABLE IF NOT EXISTS notes (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
 
+# The largest page of a list read on the event loop's own connection (see `range`): kube-apiserver's
+# pages of 500, and the extra row that tells whether there are more.
+INLINE_PAGE_ROWS = 1001
+
 CHECKPOINT_SECONDS = 1.0
+# Passive checkpoints in a row at most, each copying what commits added while the one before ran.
+CHECKPOINT_ROUNDS = 4
 # A WAL past this size is checkpointed and rewound at once (see _checkpoint); each rewind also cuts
 # the file back to this size (journal_size_limit). Writes can add 50 MiB a second, so its size is
 # looked at every WAL_CHECK_SECONDS, which keeps it far below 64 MiB.
@@ -246,17 +262,29 @@ class SqliteStore:
             pause = WAL_CHECK_SECONDS if rewound else CHECKPOINT_SECONDS
 
     def _checkpoint(self, db: sqlite3.Connection) -> bool:
-        """A passive checkpoint, then a rewind of the WAL if it has grown large; False if readers
-        kept it from rewinding.
+        """Passive checkpoints until the WAL is all copied, then a rewind of the WAL if it has grown
+        large; False if readers kept it from rewinding.
 
         The WAL starts over only when a commit begins while all of it is copied and no reader uses
-        it; under steady writes and reads that moment never comes, and it grew to hundreds of MiB. A
-        RESTART checkpoint makes the moment: it takes the writer's lock, copies the little the
-        passive one left, and waits for readers of older snapshots to finish, holding the writer up
-        for at most WAL_REWIND_WAIT_MS; the next commit then writes the WAL from its start.
+        it. A commit that lands while a checkpoint runs spoils that moment, and at a steady 200
+        commits a second nearly every one did: the WAL grew to WAL_REWIND_BYTES every few seconds and
+        each rewind held the writer up. So the checkpoint runs again, copying only what such commits
+        added, until a round finds nothing new; the next commit then writes the WAL from its start.
+
+        Readers of older snapshots (long lists under steady writes) still keep the moment from
+        coming, and the WAL grew to hundreds of MiB. A RESTART checkpoint makes it: it takes the
+        writer's lock, copies the little the passive ones left, and waits for those readers to
+        finish, holding the writer up for at most WAL_REWIND_WAIT_MS.
         """
-        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-        if self._wal_bytes() <= WAL_REWIND_BYTES:
+        previous = None
+        for _ in range(CHECKPOINT_ROUNDS):
+            _, frames, copied = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if frames == previous or copied < frames:
+                break  # nothing committed since the last round, or readers hold the rest back
+            previous = frames
+        # What the WAL holds since it last started over, not its file's size: a rewind just made by
+        # a commit does not shrink the file at once, and a needless RESTART would hold the writer up.
+        if frames * db.execute("PRAGMA page_size").fetchone()[0] <= WAL_REWIND_BYTES:
             return True
         db.execute(f"PRAGMA busy_timeout = {WAL_REWIND_WAIT_MS}")
         try:
@@ -282,9 +310,9 @@ class SqliteStore:
             db.executescript(SCHEMA)  # executescript commits the open transaction first
             db.execute("INSERT INTO meta VALUES ('identity', ?)", (random.getrandbits(63),))
         meta = dict(db.execute("SELECT name, value FROM meta"))
-        if meta["schema_version"] == 1:
-            log.info("upgrading %s to schema version 2: a selector index", self.path)
-            db.executescript(UPGRADE_TO_2)
+        if meta["schema_version"] in (1, 2):
+            log.info("upgrading %s to schema version %d: an index of selectors and owners", self.path, SCHEMA_VERSION)
+            db.executescript(UPGRADE_FROM_1 if meta["schema_version"] == 1 else UPGRADE_FROM_2)
             meta = dict(db.execute("SELECT name, value FROM meta"))
         if meta["schema_version"] > SCHEMA_VERSION:
             raise sqlite3.DatabaseError(
@@ -372,11 +400,16 @@ class SqliteStore:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None = None,
+        counted: bool = True,
     ) -> RangeRows:
-        if end is None and selection is None:  # one key: microseconds, so no thread hop (see `latest`)
-            return self._range(self._loop_db(), start, end, revision, limit, keys_only, count_only, None)
+        # One key takes microseconds, and a page whose count the caller knows about a millisecond, as
+        # long as encoding its answer takes: no thread hop (see `latest`), whose handing of the GIL
+        # back and forth would cost more. Counts and unlimited reads may take long: a reader thread.
+        page = not counted and not count_only and 0 < limit <= INLINE_PAGE_ROWS
+        if selection is None and (end is None or page):
+            return self._range(self._loop_db(), start, end, revision, limit, keys_only, count_only, None, counted)
         return await self._on_reader(
-            lambda db: self._range(db, start, end, revision, limit, keys_only, count_only, selection)
+            lambda db: self._range(db, start, end, revision, limit, keys_only, count_only, selection, counted)
         )
 
     def _range(
@@ -389,6 +422,7 @@ class SqliteStore:
         keys_only: bool,
         count_only: bool,
         selection: Selection | None,
+        counted: bool,
     ) -> RangeRows:
         db.execute("BEGIN")
         try:
@@ -398,7 +432,7 @@ class SqliteStore:
                 select, count_query, params = selection_queries(
                     DIALECT, selection.selector, start, end, past, limit, keys_only
                 )
-                return _answer(db, select, count_query, params, limit, count_only, head)
+                return _answer(db, select, count_query, params, limit, count_only, counted, head)
             if revision <= 0 or revision >= head:
                 table, where, params = "kv", "superseded = ?", [LIVE]
             else:
@@ -422,7 +456,7 @@ class SqliteStore:
                 f" LIMIT {limit}" if limit > 0 else ""
             )
             count_query = f"SELECT COUNT(*) FROM {table} WHERE {where}"
-            return _answer(db, select, count_query, params, limit, count_only, head)
+            return _answer(db, select, count_query, params, limit, count_only, counted, head)
         finally:
             db.execute("COMMIT")
 
@@ -431,6 +465,20 @@ class SqliteStore:
         # runs on the event loop's own connection: a hop to a reader thread would cost ten times more.
         row = self._loop_db().execute(READ_LATEST, (LIVE, key)).fetchone()
         return None if row is None else KeyValue._make(row)
+
+    async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        return await self._on_reader(lambda db: self._find(db, lookup, after, limit))
+
+    def _find(self, db: sqlite3.Connection, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
+        db.execute("BEGIN")  # one snapshot for every statement
+        try:
+            answers = [
+                list(map(KeyValue._make, db.execute(select, params)))
+                for select, params in lookup_queries(DIALECT, lookup.names, lookup.values, after, limit)
+            ]
+        finally:
+            db.execute("COMMIT")
+        return merge_found(answers, limit)
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         return await self._on_reader(lambda db: self._changes(db, after, until, limit))
@@ -511,11 +559,20 @@ class SqliteStore:
 
 
 def _answer(
-    db: sqlite3.Connection, select: str, count: str, params: list[object], limit: int, count_only: bool, head: int
+    db: sqlite3.Connection,
+    select: str,
+    count: str,
+    params: list[object],
+    limit: int,
+    count_only: bool,
+    counted: bool,
+    head: int,
 ) -> RangeRows:
-    """Run a range's select (unless only its count is wanted), and its count only when the page is full."""
+    """Run a range's select (unless only its count is wanted), and its count only when the page is full
+    and the caller does not know it."""
     if count_only:
         return RangeRows([], db.execute(count, params).fetchone()[0], head)
     rows = db.execute(select, params).fetchall()
-    total = len(rows) if limit <= 0 or len(rows) < limit else db.execute(count, params).fetchone()[0]
+    full = limit > 0 and len(rows) >= limit
+    total = db.execute(count, params).fetchone()[0] if full and counted else len(rows)
     return RangeRows(list(map(KeyValue._make, rows)), total, head)
