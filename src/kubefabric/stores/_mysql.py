@@ -114,6 +114,7 @@ SELECT table_name FROM information_schema.tables WHERE table_schema = DATABASE()
 
 # The one writer's named lock (see MysqlOwnershipLock) and the table where its holder says who it is.
 TRY_OWNER_LOCK = "SELECT GET_LOCK(%s, 0)"
+UNLOCK_OWNER_LOCK = "SELECT RELEASE_LOCK(%s)"
 OWNER_LOCK_HELD = "SELECT IS_USED_LOCK(%s) = CONNECTION_ID()"
 OWNER_LOCK_CONNECTION = "SELECT IS_USED_LOCK(%s)"
 CREATE_OWNER = """
@@ -814,6 +815,11 @@ class MysqlOwnershipLock(ConnectionLock):
         connection, self._connection = self._connection, None
         if connection is not None:
             connection.close()  # no goodbye round trip: the server may be gone
+
+    async def _unlock(self) -> None:
+        if self._connection is not None:
+            async with self._connection.cursor() as cursor:
+                await cursor.execute(UNLOCK_OWNER_LOCK, (self._name,))
 
     async def holder(self) -> str | None:
         with _failures_as_unavailable(self.database):

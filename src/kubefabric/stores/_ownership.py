@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 # How often a lock held through a connection is checked, and, once lost, tried again.
 RENEW_SECONDS = 0.25
+UNLOCK_TIMEOUT = 2.0  # seconds a stopping server waits to give its lock back before it just disconnects
 
 
 class OwnershipRefused(Exception):
@@ -157,6 +158,11 @@ class ConnectionLock(abc.ABC):
         """Close the dedicated connection, if any, which releases the lock."""
 
     @abc.abstractmethod
+    async def _unlock(self) -> None:
+        """Give the lock back on the dedicated connection, if any: a closed connection releases it only once
+        the database has noticed, and a server started right after this one stopped would be refused meanwhile."""
+
+    @abc.abstractmethod
     async def holder(self) -> str | None: ...
 
     async def acquire(self) -> None:
@@ -170,6 +176,10 @@ class ConnectionLock(abc.ABC):
             self._keeper.cancel()
             self._keeper = None
         self._held = False
+        try:
+            await asyncio.wait_for(self._unlock(), UNLOCK_TIMEOUT)
+        except Exception as error:  # noqa: BLE001 - the connection's end releases it all the same
+            log.debug("%s: ownership lock left to the connection's end: %s", self.database, error)
         await self._drop()
 
     async def check(self) -> None:

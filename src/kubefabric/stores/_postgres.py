@@ -95,6 +95,7 @@ LOCK_SCHEMA = f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_ID})"
 # The one writer's session-level lock (see PostgresOwnershipLock).
 OWNER_LOCK_ID = 0x6B75_6265_6F77_6E  # "kubeown"
 TRY_OWNER_LOCK = f"SELECT pg_try_advisory_lock({OWNER_LOCK_ID})"
+UNLOCK_OWNER_LOCK = f"SELECT pg_advisory_unlock({OWNER_LOCK_ID})"
 OWNER_LOCK_HELD = "SELECT true"  # a session lock lasts as long as its session
 READ_OWNER_LOCK_HOLDER = """
 SELECT a.application_name, a.backend_start, a.client_addr::text
@@ -683,6 +684,10 @@ class PostgresOwnershipLock(ConnectionLock):
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed():
             connection.terminate()  # no goodbye round trip: the server may be gone
+
+    async def _unlock(self) -> None:
+        if self._connection is not None and not self._connection.is_closed():
+            await self._connection.execute(UNLOCK_OWNER_LOCK)
 
     async def holder(self) -> str | None:
         try:
