@@ -7,14 +7,16 @@ a propagation policy: the policy's finalizer replaces `orphan` and `foregroundDe
 finalizers is marked as being deleted, one without is deleted.
 
 Work comes from durable commits. An object is gone when its key is deleted or now holds another uid: its
-dependents are due. A labelled object written with owners, or being deleted with the `foregroundDeletion` or
-`orphan` finalizer, is due itself, and so is an owner waiting for its dependents when one that blocked it goes.
+dependents are due. A labelled object written with owners or being deleted with the `orphan` finalizer, and any
+object being deleted with the `foregroundDeletion` finalizer (its labelled dependents are the collector's), is
+due itself, and so is an owner waiting for its dependents when one that blocked it goes.
 Work is kept per backend, so an outage of one database delays only the collection of what lives there.
 
 Every write is an Edit: made only if the key still holds the version the decision was made on. So a
 kube-controller-manager collecting the same objects, or any client writing them, is never overwritten and nothing
 is deleted twice; a key that changed is examined again. After a restart, nothing the collector was doing is
-lost: every labelled object with owners or a deletion mark (those with a `g` attribute row) is examined anew.
+lost: every labelled object with owners or a deletion mark, and every object being deleted in the foreground
+(those with a `g` attribute row), is examined anew.
 """
 
 from __future__ import annotations
@@ -428,7 +430,7 @@ class Collector:
         return owners
 
     async def _maybe_unreadable(self, missing: dict[str, OwnerReference]) -> set[str]:
-        """The uids of `missing` owners that an unreadable stored object may be (one with the owner's name)."""
+        """The uids of `missing` owners that an unreadable stored object may be (see `_may_hold`)."""
         if not missing:
             return set()
         names = {ref.name for ref in missing.values()}
