@@ -25,7 +25,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence, Set
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -85,15 +85,11 @@ class _Deferred(Exception):
 
 @dataclass(slots=True)
 class _Owners:
-    """What one round of decisions knows of the owners it met, by uid."""
+    """What one round of decisions knows of the owners it met, by uid: an owner in neither field is gone."""
 
     # None: an object kubefabric cannot read may be it, so it counts as alive (and not deleting).
     alive: dict[str, ObjectInfo | None] = field(default_factory=dict)
-    gone: set[str] = field(default_factory=set)
     unknown: set[str] = field(default_factory=set)  # no answer: a backend is down
-
-    def known(self, uid: str) -> bool:
-        return uid in self.alive or uid in self.gone or uid in self.unknown
 
 
 class Collector:
@@ -212,17 +208,15 @@ class Collector:
 
     async def _do(self, store: Store, work: _Due) -> None:
         if work.rescan:
-            await self._each_page(store, Lookup((COLLECTING,), ("",), self._restart_due), self._examine)
+            await self._each_page(store, self._mvcc.objects.lookup((COLLECTING,), ("",)), self._examine)
         if work.gone:
             uids = sorted(work.gone)
             names = tuple(OWNER + uid for uid in uids)
             gone = frozenset(uids)
-            await self._each_page(
-                store, Lookup(names, (), self._owned_by(gone)), lambda page: self._examine(page, gone)
-            )
+            await self._each_page(store, self._mvcc.objects.lookup(names), lambda page: self._examine(page, gone))
         if work.released:
             owners = tuple(sorted(work.released))
-            await self._each_page(store, Lookup((UID,), owners, self._has_uid(set(owners))), self._check_released)
+            await self._each_page(store, self._mvcc.objects.lookup((UID,), owners), self._check_released)
         if work.keys:
             found = [await store.latest(key) for key in sorted(work.keys)]
             await self._examine([kv for kv in found if kv is not None])
@@ -238,28 +232,6 @@ class Collector:
                 return
             after = page[-1].key
 
-    # The same tests as the lookups' index rows, for stores that keep no index.
-
-    def _restart_due(self, kv: KeyValue) -> bool:
-        obj = self._mvcc.objects.info(kv)
-        if obj is None:
-            return False
-        return (obj.collected and bool(obj.owner_references or obj.deletion_timestamp)) or obj.waiting_for_dependents
-
-    def _owned_by(self, uids: Set[str]) -> Callable[[KeyValue], bool]:
-        def owned(kv: KeyValue) -> bool:
-            obj = self._mvcc.objects.info(kv)
-            return obj is not None and any(ref.uid in uids for ref in obj.owner_references)
-
-        return owned
-
-    def _has_uid(self, uids: set[str]) -> Callable[[KeyValue], bool]:
-        def has(kv: KeyValue) -> bool:
-            obj = self._mvcc.objects.info(kv)
-            return obj is not None and obj.uid in uids
-
-        return has
-
     # -- decisions -------------------------------------------------------------------------------
 
     async def _examine(self, versions: list[KeyValue], gone: frozenset[str] = frozenset()) -> None:
@@ -271,7 +243,7 @@ class Collector:
         orphaning = [(kv, obj) for kv, obj in objects.values() if obj.collected and obj.orphaning]
         foreground = [(kv, obj) for kv, obj in objects.values() if obj.waiting_for_dependents]
         for _, owner in foreground:
-            for kv in await self._everywhere(Lookup((OWNER + owner.uid,), (), self._owned_by({owner.uid}))):
+            for kv in await self._everywhere(self._mvcc.objects.lookup((OWNER + owner.uid,))):
                 if kv.key not in objects and (obj := self._mvcc.objects.info(kv)) is not None:
                     objects[kv.key] = (kv, obj)
         dependents = [(kv, obj) for kv, obj in objects.values() if obj.owner_references and not obj.deletion_timestamp]
@@ -343,7 +315,7 @@ class Collector:
 
     async def _orphan_dependents(self, kv: KeyValue, owner: ObjectInfo) -> None:
         """The owner's references go from every dependent, then its orphan finalizer goes."""
-        dependents = await self._everywhere(Lookup((OWNER + owner.uid,), (), self._owned_by({owner.uid})))
+        dependents = await self._everywhere(self._mvcc.objects.lookup((OWNER + owner.uid,)))
         edits = [Edit(d.key, d.mod_revision, remove_owner_references(d.value, {owner.uid})) for d in dependents]
         if not all(await self._apply(edits)):
             return  # a dependent changed: the owner is examined again
@@ -361,17 +333,10 @@ class Collector:
             return
         if not owner.waiting_for_dependents:
             return
-        blocking = Lookup((OWNER + owner.uid,), (BLOCKING,), self._blocks(owner.uid))
+        blocking = self._mvcc.objects.lookup((OWNER + owner.uid,), (BLOCKING,))
         if await self._everywhere(blocking, limit=1):
             return
         await self._apply([self._without_finalizer(kv, owner, FOREGROUND_FINALIZER)])
-
-    def _blocks(self, uid: str) -> Callable[[KeyValue], bool]:
-        def blocks(kv: KeyValue) -> bool:
-            obj = self._mvcc.objects.info(kv)
-            return obj is not None and any(r.uid == uid and r.block_owner_deletion for r in obj.owner_references)
-
-        return blocks
 
     def _without_finalizer(self, kv: KeyValue, obj: ObjectInfo, finalizer: str) -> Edit:
         """An update that removes a finalizer; kube-apiserver deletes an object it leaves being deleted without any."""
@@ -382,7 +347,7 @@ class Collector:
     # -- reads across backends -------------------------------------------------------------------
 
     async def _has_dependents(self, uid: str) -> bool:
-        return bool(await self._everywhere(Lookup((OWNER + uid,), (), self._owned_by({uid})), limit=1))
+        return bool(await self._everywhere(self._mvcc.objects.lookup((OWNER + uid,)), limit=1))
 
     async def _everywhere(self, lookup: Lookup, limit: int = 0) -> list[KeyValue]:
         """What `lookup` finds in every backend; a backend that cannot answer defers the decision."""
@@ -408,24 +373,23 @@ class Collector:
         An owner is found by its uid. One not found may still be an object whose value kubefabric cannot read
         (encrypted at rest): if such an object has the owner's name, the owner counts as alive, since it may be.
         """
-        owners = _Owners(gone=set(gone))
+        owners = _Owners()
         wanted = {ref.uid: ref for ref in refs if ref.uid not in gone}
         if not wanted:
             return owners
         for name, store in self._backends().items():
             try:
                 uids = tuple(sorted(wanted))
-                for kv in await store.find(Lookup((UID,), uids, self._has_uid(set(uids))), b"", 0):
+                for kv in await store.find(self._mvcc.objects.lookup((UID,), uids), b"", 0):
                     obj = self._mvcc.objects.info(kv)
                     if obj is not None and obj.uid in wanted:
                         owners.alive[obj.uid] = obj
             except Exception as error:  # noqa: BLE001 - unknown, never gone
                 log.warning("cannot look owners up in backend %r: %s", name, error)
                 owners.unknown |= set(wanted)
-        missing = {uid: ref for uid, ref in wanted.items() if not owners.known(uid)}
+        missing = {uid: ref for uid, ref in wanted.items() if uid not in owners.alive and uid not in owners.unknown}
         for uid in await self._maybe_unreadable(missing):
             owners.alive[uid] = None
-        owners.gone |= {uid for uid in missing if not owners.known(uid)}
         owners.unknown -= set(owners.alive)
         return owners
 
@@ -434,18 +398,12 @@ class Collector:
         if not missing:
             return set()
         names = {ref.name for ref in missing.values()}
-        unreadable = Lookup((OPAQUE,), tuple(sorted(names)), self._unreadable_named(names))
+        unreadable = self._mvcc.objects.lookup((OPAQUE,), sorted(names))
         try:
             found = await self._everywhere(unreadable)
         except _Deferred:
             return set(missing)
         return {uid for uid, ref in missing.items() if any(_may_hold(kv.key, ref) for kv in found)}
-
-    def _unreadable_named(self, names: set[str]) -> Callable[[KeyValue], bool]:
-        def unreadable(kv: KeyValue) -> bool:
-            return self._mvcc.objects.info(kv) is None and kv.key.rsplit(b"/", 1)[-1].decode(errors="replace") in names
-
-        return unreadable
 
     # -- writes ----------------------------------------------------------------------------------
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from kubefabric.core._errors import EtcdError
 from kubefabric.core._metrics import OPAQUE_VALUES
 from kubefabric.objects import FieldCatalog, ObjectInfo, Selector, SelectorError, decode, parse_selector
-from kubefabric.stores import Attribute, KeyValue, Selection, Store, WriteBatch, attributes
+from kubefabric.stores import Attribute, KeyValue, Lookup, Selection, Store, WriteBatch, attributes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,20 @@ class ObjectIndex:
 
     def selection(self, selector: Selector) -> Selection:
         return Selection(selector, lambda kv: selector.matches(self.info(kv)))
+
+    def lookup(self, names: Iterable[str], values: Iterable[str] = ()) -> Lookup:
+        """The live versions with an attribute row named one of `names` (valued one of `values`, if any): for
+        a store without an index, the same test made on the rows the SQL stores index."""
+        wanted_names, wanted_values = tuple(names), tuple(values)
+        name_set, value_set = set(wanted_names), set(wanted_values)
+
+        def matches(kv: KeyValue) -> bool:
+            return any(
+                row.name in name_set and (not value_set or row.value in value_set)
+                for row in attributes(kv.key, kv.mod_revision, self.info(kv))
+            )
+
+        return Lookup(wanted_names, wanted_values, matches)
 
     async def open(self, store: Store, revision: int, backlog: bool) -> None:
         """Learn the stored CRDs; index what an older database stored before it had an index."""
