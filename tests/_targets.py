@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests._databases import mysql_endpoint, postgres_endpoint
-from tests._servers import ServerProcess, start_etcd
+from tests._servers import ServerProcess, start_etcd, start_kubefabric
 
 
 def etcd_store(workdir: Path) -> tuple[str, list[ServerProcess]]:
@@ -59,3 +59,17 @@ STORE_ENDPOINTS: dict[str, Callable[[Path], tuple[str, list[ServerProcess]]]] = 
     "etcd": etcd_store,
     "multi": multi_store,
 }
+
+
+def start_store(store: str, workdir: Path, *flags: str) -> ServerProcess:
+    """kubefabric on one of STORE_ENDPOINTS with `flags`; the servers behind it are its companions, stopped with it,
+    or at once if it does not start."""
+    endpoint, companions = STORE_ENDPOINTS[store](workdir)
+    try:
+        server = start_kubefabric(workdir, endpoint, *flags)
+    except BaseException:
+        for companion in companions:
+            companion.stop()
+        raise
+    server.companions = companions
+    return server

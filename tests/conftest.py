@@ -15,7 +15,7 @@ import pytest
 from tests._client import Etcd
 from tests._databases import mysql_drop_databases, postgres_drop_databases
 from tests._servers import ServerProcess, WarmServers, start_etcd, start_kubefabric
-from tests._targets import STORE_ENDPOINTS
+from tests._targets import STORE_ENDPOINTS, start_store
 
 TARGETS = ["etcd", *(f"kubefabric-{store}" for store in STORE_ENDPOINTS)]
 STORES = list(STORE_ENDPOINTS)
@@ -30,15 +30,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def start_target(target: str, workdir: Path) -> ServerProcess:
     if target == "etcd":
         return start_etcd(workdir)
-    endpoint, companions = STORE_ENDPOINTS[target.removeprefix("kubefabric-")](workdir)
-    try:
-        process = start_kubefabric(workdir, endpoint)
-    except BaseException:
-        for companion in companions:
-            companion.stop()
-        raise
-    process.companions = companions
-    return process
+    return start_store(target.removeprefix("kubefabric-"), workdir)
 
 
 @pytest.fixture(scope="session")

@@ -22,15 +22,14 @@ from tests._client import Etcd, delete_op, mod_revision_is, put_op, range_op
 from tests._servers import ServerProcess
 from tests.gc._objects import CASE_LABEL, Case, Encoding, assert_only_metadata_edited, encode, read, with_finalizers
 from tests.gc._reference import (
-    FOREGROUND,
     LABEL,
-    ORPHAN,
     Action,
     Delete,
     Obj,
     Policy,
     Put,
     State,
+    deletion_finalizers,
     run,
 )
 
@@ -116,14 +115,7 @@ class Apiserver:
         left the object is marked as being deleted, without any it is deleted."""
 
         def deletion(obj: Obj) -> tuple[tuple[str, ...], bool]:
-            finalizers = [f for f in obj.finalizers if f not in (ORPHAN, FOREGROUND)]
-            if policy == "orphan":
-                finalizers.append(ORPHAN)
-            elif policy == "foreground":
-                finalizers.append(FOREGROUND)
-            if set(finalizers) == set(obj.finalizers):
-                return obj.finalizers, True  # no update of the finalizers: their order stays
-            return tuple(finalizers), True
+            return deletion_finalizers(obj.finalizers, policy), True
 
         self._update(key, deletion)
 

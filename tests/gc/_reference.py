@@ -172,18 +172,25 @@ def _put(state: State, obj: Obj) -> None:
     state[obj.key] = obj
 
 
-def _delete(state: State, obj: Obj, policy: Policy) -> None:
-    """registry.Store.Delete: the policy's finalizer replaces orphan and foregroundDeletion; with finalizers left
-    the object is marked as being deleted (markAsDeleting), without any it is deleted."""
-    finalizers = [f for f in obj.finalizers if f not in (ORPHAN, FOREGROUND)]
+def deletion_finalizers(finalizers: tuple[str, ...], policy: Policy) -> tuple[str, ...]:
+    """registry.Store.Delete's deletionFinalizersForGarbageCollection: the policy's finalizer replaces orphan and
+    foregroundDeletion."""
+    kept = [f for f in finalizers if f not in (ORPHAN, FOREGROUND)]
     if policy == "orphan":
-        finalizers.append(ORPHAN)
+        kept.append(ORPHAN)
     elif policy == "foreground":
-        finalizers.append(FOREGROUND)
-    if set(finalizers) == set(obj.finalizers):
-        finalizers = list(obj.finalizers)  # no update of the finalizers: their order stays
+        kept.append(FOREGROUND)
+    if set(kept) == set(finalizers):
+        return finalizers  # no update of the finalizers: their order stays
+    return tuple(kept)
+
+
+def _delete(state: State, obj: Obj, policy: Policy) -> None:
+    """registry.Store.Delete: with finalizers left (deletion_finalizers) the object is marked as being deleted
+    (markAsDeleting), without any it is deleted."""
+    finalizers = deletion_finalizers(obj.finalizers, policy)
     if finalizers:
-        state[obj.key] = dataclasses.replace(obj, finalizers=tuple(finalizers), deleting=True)
+        state[obj.key] = dataclasses.replace(obj, finalizers=finalizers, deleting=True)
     else:
         del state[obj.key]
 

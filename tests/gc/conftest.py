@@ -8,22 +8,15 @@ from collections.abc import Iterator
 import pytest
 
 from tests._client import Etcd
-from tests._servers import ServerProcess, start_kubefabric
-from tests._targets import STORE_ENDPOINTS
+from tests._servers import ServerProcess
+from tests._targets import STORE_ENDPOINTS, start_store
 
 
 @pytest.fixture(scope="module", params=list(STORE_ENDPOINTS))
 def gc_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp(f"gc-{request.param}")
-    endpoint, companions = STORE_ENDPOINTS[request.param](workdir)
-    try:
-        # No automatic compaction: the tests read the history of the collector's writes.
-        process = start_kubefabric(workdir, endpoint, "--compaction-interval", "0")
-    except BaseException:
-        for companion in companions:
-            companion.stop()
-        raise
-    process.companions = companions
+    # No automatic compaction: the tests read the history of the collector's writes.
+    process = start_store(request.param, workdir, "--compaction-interval", "0")
     yield process
     process.stop()
 

@@ -14,8 +14,8 @@ import pytest
 
 from kubefabric.etcdpb import kv_pb2
 from tests._client import Etcd
-from tests._servers import ServerProcess, start_kubefabric
-from tests._targets import STORE_ENDPOINTS
+from tests._servers import ServerProcess
+from tests._targets import STORE_ENDPOINTS, start_store
 from tests.gc._apiserver import Apiserver, metric, one_backend
 from tests.gc._objects import ENCODINGS, PLACES, Encoding, metadata, new_case
 from tests.gc._reference import FOREGROUND, LABEL, ORPHAN, Delete, Obj, OwnerRef, Put, RemoveFinalizer, State
@@ -282,14 +282,7 @@ def test_pairs_where_neither_is_labelled_are_left_alone(api: Apiserver, gc_serve
 
 @pytest.mark.parametrize("store", list(STORE_ENDPOINTS))
 def test_storage_gc_false_collects_nothing(store: str, tmp_path: Path) -> None:
-    endpoint, companions = STORE_ENDPOINTS[store](tmp_path)
-    try:
-        server = start_kubefabric(tmp_path, endpoint, "--compaction-interval", "0", "--storage-gc=false")
-    except BaseException:
-        for companion in companions:
-            companion.stop()
-        raise
-    server.companions = companions
+    server = start_store(store, tmp_path, "--compaction-interval", "0", "--storage-gc=false")
     try:
         with Etcd(server.channel()) as client:
             api = Apiserver(client, new_case(), "json", one_backend=one_backend(server))

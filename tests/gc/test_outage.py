@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests._client import Etcd
-from tests._servers import ServerProcess, start_kubefabric
-from tests._targets import STORE_ENDPOINTS
+from tests._servers import ServerProcess
+from tests._targets import start_store
 from tests.gc._apiserver import metric
 from tests.gc._objects import Case, encode
 from tests.gc._reference import LABEL, Obj, OwnerRef
@@ -27,10 +27,8 @@ IN_ETCD = Obj("uid-in-etcd", "/registry/serviceaccounts/default/in-etcd", {LABEL
 @pytest.fixture
 def multi(tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     """A kubefabric on the multi:// topology, and the real etcd behind its `rbac` backend."""
-    endpoint, companions = STORE_ENDPOINTS["multi"](tmp_path)
-    (etcd,) = companions
-    server = start_kubefabric(tmp_path, endpoint, "--compaction-interval", "0")
-    server.companions = companions
+    server = start_store("multi", tmp_path, "--compaction-interval", "0")
+    (etcd,) = server.companions
     yield server, etcd
     server.stop()
 

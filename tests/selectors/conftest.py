@@ -7,25 +7,18 @@ from collections.abc import Iterator
 import pytest
 
 from tests._client import Etcd
-from tests._servers import ServerProcess, start_kubefabric
-from tests._targets import STORE_ENDPOINTS
+from tests._servers import ServerProcess
+from tests._targets import STORE_ENDPOINTS, start_store
 
 
 @pytest.fixture(scope="module", params=list(STORE_ENDPOINTS))
 def store_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp(f"selectors-{request.param}")
-    endpoint, companions = STORE_ENDPOINTS[request.param](workdir)
     # No automatic compaction: the tests read old revisions. Quick progress notifications: the watch
     # tests wait for one.
-    try:
-        process = start_kubefabric(
-            workdir, endpoint, "--compaction-interval", "0", "--watch-progress-notify-interval", "300ms"
-        )
-    except BaseException:
-        for companion in companions:
-            companion.stop()
-        raise
-    process.companions = companions
+    process = start_store(
+        request.param, workdir, "--compaction-interval", "0", "--watch-progress-notify-interval", "300ms"
+    )
     yield process
     process.stop()
 
