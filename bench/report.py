@@ -83,7 +83,10 @@ def results_table(workloads: Sequence[WorkloadRows], runs: dict[str, TargetRun])
             cells = [label]
             for target in runs:
                 value = cell(target, workload.name, row)
-                cells.append("failed" if value is None else format_number(value))
+                if value is not None:
+                    cells.append(format_number(value))
+                else:
+                    cells.append("failed" if workload.name in runs[target].failures else "not run")
                 if target in compared:
                     ratio = None if value is None or not reference else value / reference
                     cells.append("–" if ratio is None else f"{ratio:.2f}×")

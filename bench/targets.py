@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from tests._databases import mysql_drop_databases, postgres_drop_databases, postgres_endpoint
-from tests._servers import ServerProcess, start_etcd, start_kubefabric
+from tests._servers import ServerProcess, free_port, start_etcd, start_kubefabric
 from tests._targets import STORE_ENDPOINTS
 
 REFERENCE = "etcd"
+# Python's gRPC answering from canned bytes (bench/grpc_floor.py): the ceiling of writes for any
+# server on grpcio here. It stores nothing, so only the write workloads run on it.
+FLOOR = "grpc-floor"
+FLOOR_WORKLOADS = ("creates", "updates")
 
 # The benchmark's keys (/registry/bench/ns-N/...) split by namespace: even ones in PostgreSQL, the
 # rest in the default SQLite file, so lists and watches of the prefix span both.
@@ -37,7 +42,7 @@ KUBEFABRIC_STORES: dict[str, Callable[[Path], tuple[str, list[ServerProcess]]]] 
     "multi-spread": spread_store,
 }
 
-TARGETS = [REFERENCE, *KUBEFABRIC_STORES]
+TARGETS = [REFERENCE, FLOOR, *KUBEFABRIC_STORES]
 
 
 def start_target(target: str, workdir: Path) -> ServerProcess:
@@ -45,6 +50,10 @@ def start_target(target: str, workdir: Path) -> ServerProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     if target == REFERENCE:
         return start_etcd(workdir)
+    if target == FLOOR:
+        address = f"127.0.0.1:{free_port()}"
+        command = [sys.executable, "-m", "bench.grpc_floor", "--listen-address", address]
+        return ServerProcess(command, address, workdir / "grpc-floor.log").start()
     endpoint, companions = KUBEFABRIC_STORES[target](workdir)
     server = start_kubefabric(workdir, endpoint)
     server.companions = companions

@@ -237,7 +237,8 @@ async def test_finds_the_live_versions_with_the_rows(
     found = await store.find(lookup(names, values), b"", 0)
     assert [kv.key for kv in found] == expected(names, values)
     # Each is the key's live version, whole.
-    assert found == [await store.latest(kv.key) for kv in found]
+    latest = await store.latest([kv.key for kv in found])
+    assert found == [latest[kv.key] for kv in found]
 
 
 async def test_superseded_and_deleted_versions_are_never_found(store: Store) -> None:

@@ -355,7 +355,7 @@ async def test_an_outage_fails_fast_and_the_store_recovers_by_itself(relay: Rela
     await relay.stop()
     calls = {
         "range": lambda: store.range(b"a", b"", 0, 0, False, False),
-        "latest": lambda: store.latest(b"a"),
+        "latest": lambda: store.latest([b"a"]),
         "changes": lambda: store.changes(0, 2, 10),
         "revision": store.revision,
         "size": store.size,

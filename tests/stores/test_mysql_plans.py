@@ -20,6 +20,7 @@ from kubefabric.stores._mysql import (
     COUNT_RANGE,
     LAST_REVISION_OF_PAGE,
     LATEST,
+    POINT_READ,
     MysqlStore,
     range_rows,
     select_range,
@@ -87,7 +88,8 @@ def statements(middle: int, head: int) -> dict[str, tuple[str, list[object]]]:
     for label, after in (("from the start", 0), ("mid-way", middle)):
         shapes[f"changes page end, {label}"] = (LAST_REVISION_OF_PAGE, [after, head, 99])
         shapes[f"changes, {label}"] = (CHANGES, [after, after + 150])
-    shapes["latest"] = (LATEST, [key(SMALL, 7)])
+    shapes["latest"] = (LATEST.format(keys="%s, %s"), [key(SMALL, 7), key(SMALL, 9)])
+    shapes["point read"] = (POINT_READ, [key(SMALL, 7)])
     shapes["compaction chunk"] = (COMPACT_CHUNK, [middle, 1000])
     return shapes
 

@@ -105,7 +105,7 @@ def operations(store: PostgresStore) -> dict[str, Callable[[], Awaitable[Any]]]:
     put = KeyValue(b"k", 2, revision, 2, b"w", 0)
     return {
         "range": lambda: store.range(b"", b"", 0, 0, False, False),
-        "latest": lambda: store.latest(b"k"),
+        "latest": lambda: store.latest([b"k"]),
         "changes": lambda: store.changes(0, 10, 100),
         "revision": store.revision,
         "size": store.size,

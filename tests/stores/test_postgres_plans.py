@@ -27,6 +27,7 @@ from kubefabric.stores._postgres import (
     CHANGES,
     COMPACT_CHUNK,
     LATEST,
+    POINT_READ,
     SERVER_SETTINGS,
     PostgresStore,
     range_queries,
@@ -172,5 +173,6 @@ def test_a_history_page_uses_an_index(database: Loaded, after: str) -> None:
 
 
 def test_point_reads_and_compaction_use_an_index(database: Loaded) -> None:
-    assert_indexed(plan_of(database.endpoint, LATEST, key(SMALL, 123)))
+    assert_indexed(plan_of(database.endpoint, LATEST, [key(SMALL, 123), key(SMALL, 125)]))
+    assert_indexed(plan_of(database.endpoint, POINT_READ, key(SMALL, 123)))
     assert_indexed(plan_of(database.endpoint, COMPACT_CHUNK, database.past))

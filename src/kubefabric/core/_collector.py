@@ -218,8 +218,8 @@ class Collector:
             owners = tuple(sorted(work.released))
             await self._each_page(store, self._mvcc.objects.lookup((UID,), owners), self._check_released)
         if work.keys:
-            found = [await store.latest(key) for key in sorted(work.keys)]
-            await self._examine([kv for kv in found if kv is not None])
+            found = await store.latest(work.keys)
+            await self._examine([found[key] for key in sorted(found)])
 
     async def _each_page(
         self, store: Store, lookup: Lookup, handle: Callable[[list[KeyValue]], Awaitable[None]]
@@ -327,7 +327,7 @@ class Collector:
 
     async def _release_if_unblocked(self, key: bytes) -> None:
         """processDeletingDependentsItem: once no dependent blocks it, the owner loses foregroundDeletion."""
-        kv = await self._backends()[self._backend_of(key)].latest(key)
+        kv = (await self._backends()[self._backend_of(key)].latest((key,))).get(key)
         owner = None if kv is None else self._mvcc.objects.info(kv)
         if kv is None or owner is None or not owner.collected:
             return

@@ -7,7 +7,8 @@ So many clients share one fsync, yet no write is acknowledged, and no event or r
 revision, before it is durable.
 
 Writes evaluated while earlier ones are still being committed read those through `_pending`, the
-not-yet-durable latest version of each key they touched.
+not-yet-durable latest version of each key they touched; the durable versions of the keys they read
+are fetched before the lock, for many writes at once (`_read_ahead`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Container, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Container, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -43,6 +44,7 @@ from kubefabric.core._ops import (
     is_read_only,
 )
 from kubefabric.core._page_counts import PageCounts
+from kubefabric.core._read_ahead import ReadAhead, Versions
 from kubefabric.core._validate import check_key, check_put, check_txn
 from kubefabric.stores import (
     Change,
@@ -100,6 +102,7 @@ class Mvcc:
         self._write_lock = asyncio.Lock()
         # key -> (revision, latest state or None if deleted) of writes not yet durable
         self._pending: dict[bytes, tuple[int, KeyValue | None]] = {}
+        self._read_ahead = ReadAhead(store)
         self._queue: list[Commit] = []
         self._queued = asyncio.Event()
         self._idle = asyncio.Event()
@@ -161,13 +164,13 @@ class Mvcc:
         # A plain Put checks its lease before its key; inside a txn etcd checks the key first.
         if op.lease and op.lease not in self.known_leases:
             raise LeaseNotFound()
-        result = await self._write(lambda txn: txn.put(op))
+        result = await self._write(lambda txn: txn.put(op), (op.key,))
         assert isinstance(result, PutResult)
         return result
 
     async def delete(self, op: DeleteOp) -> DeleteResult:
         check_key(op)
-        result = await self._write(lambda txn: txn.delete(op))
+        result = await self._write(lambda txn: txn.delete(op), () if op.end is not None else (op.key,))
         assert isinstance(result, DeleteResult)
         return result
 
@@ -177,31 +180,34 @@ class Mvcc:
             # A consistent snapshot at one durable revision; no lock, no queue.
             reader = _StoreReader(self.store, revision=self.durable_revision)
             return await _Txn(self, reader, self.durable_revision).run(op)
-        result = await self._write(lambda txn: txn.run(op))
+        result = await self._write(lambda txn: txn.run(op), _keys_read(op))
         assert isinstance(result, TxnResult)
         return result
 
     async def apply_edits(self, edits: Sequence[Edit]) -> list[bool]:
         """Make, in one revision, each edit whose key still holds the version it was decided on; skip the
         others (their key changed meanwhile). Whether each was made."""
-        return await self._write(lambda txn: txn.edit(edits))
+        return await self._write(lambda txn: txn.edit(edits), [edit.key for edit in edits])
 
     async def write(self, evaluate: Callable[[_Txn], Awaitable[T]], revoked_leases: tuple[int, ...] = ()) -> T:
         """Evaluate a write with every earlier write durable first (for lease revocation)."""
-        return await self._write(evaluate, revoked_leases, drain_first=True)
+        return await self._write(evaluate, (), revoked_leases, drain_first=True)
 
     async def _write(
         self,
         evaluate: Callable[[_Txn], Awaitable[T]],
+        keys: Collection[bytes],
         revoked_leases: tuple[int, ...] = (),
         drain_first: bool = False,
     ) -> T:
+        """Evaluate a write under the lock and queue its commit; `keys`: the single keys it reads."""
+        versions = await self._read_ahead.read(keys) if keys else None
         async with self._write_lock:
             if self._resync_needed:
                 await self._resync()
             if drain_first:
                 await self.drain()
-            txn = _Txn(self, _PendingReader(self), self.revision)
+            txn = _Txn(self, _PendingReader(self, versions), self.revision)
             failures = self._failures
             result = await evaluate(txn)
             if self.backend_of is not None and txn.changes and not revoked_leases:
@@ -327,6 +333,7 @@ class Mvcc:
 
     def _land(self, commits: list[Commit]) -> None:
         """Acknowledge and announce durable commits, in revision order."""
+        self._read_ahead.landed({change.kv.key for commit in commits for change in commit.changes})
         for commit in commits:
             self._forget_pending(commit)
             for listener in self._listeners:
@@ -367,6 +374,8 @@ class Mvcc:
         self.durable_revision = max(
             (c.revision for c in commits if c.revision is not None), default=self.durable_revision
         )
+        # Whether the lost ones reached their database is unknown.
+        self._read_ahead.landed({change.kv.key for commit in lost + queued_on_lost for change in commit.changes})
         for commit in lost + queued_on_lost:
             for change in commit.changes:
                 self._pending.pop(change.kv.key, None)
@@ -381,6 +390,7 @@ class Mvcc:
         failed = commits + self._queue
         self._queue = []
         self._pending.clear()
+        self._read_ahead.forget()  # whether the failed commits reached the database is unknown
         self.revision = self.durable_revision
         self._resync_needed = True
         self._failure = error
@@ -396,6 +406,7 @@ class Mvcc:
             log.warning("a commit reported as failed did reach the store: continuing from revision %d", stored)
             announced = self.durable_revision
             self.revision = self.durable_revision = stored
+            self._read_ahead.forget()
             for listener in self._resync_listeners:
                 listener(announced)
         self._resync_needed = False
@@ -439,14 +450,19 @@ class _StoreReader:
 class _PendingReader:
     """Reads the latest state, writes not yet durable included, to evaluate the next write."""
 
-    def __init__(self, mvcc: Mvcc) -> None:
+    def __init__(self, mvcc: Mvcc, versions: Versions | None) -> None:
         self.mvcc = mvcc
+        self.versions = versions  # read ahead of the lock
 
     async def get(self, key: bytes) -> KeyValue | None:
         pending = self.mvcc._pending.get(key)
-        if pending is None:
-            return await self.mvcc.store.latest(key)
-        return pending[1]
+        if pending is not None:
+            return pending[1]
+        if self.versions is not None:
+            known, kv = self.versions.get(key)
+            if known:
+                return kv
+        return (await self.mvcc.store.latest((key,))).get(key)
 
     async def range(
         self,
@@ -709,6 +725,17 @@ class _Txn:
                 return False  # a missing key has no value to compare with
             return _compare(compare, KeyValue(compare.key, 0, 0, 0, b"", 0))
         return all(_compare(compare, kv) for kv in kvs)
+
+
+def _keys_read(txn: TxnOp) -> set[bytes]:
+    """The single keys a txn's compares and ops may read at the head, on either path."""
+    keys = {compare.key for compare in txn.compare if compare.end is None}
+    for op in (*txn.success, *txn.failure):
+        if isinstance(op, TxnOp):
+            keys |= _keys_read(op)
+        elif isinstance(op, PutOp) or (op.end is None and (isinstance(op, DeleteOp) or op.revision == 0)):
+            keys.add(op.key)
+    return keys
 
 
 def _compare(compare: Compare, kv: KeyValue) -> bool:

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import TypeVar
 
 from kubefabric.core._placement import check_placement
@@ -250,8 +250,23 @@ class RoutedStore:
             kvs = kvs[:limit]
         return RangeRows(kvs, sum(answer.count for answer in answers), max(at, reached))
 
-    async def latest(self, key: bytes) -> KeyValue | None:
-        return await self._on(self.topology.route(key).name, lambda store: store.latest(key))
+    async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        by_backend: dict[str, list[bytes]] = {}
+        for key in keys:
+            by_backend.setdefault(self.topology.route(key).name, []).append(key)
+
+        def read(wanted: list[bytes]) -> Callable[[Store], Awaitable[dict[bytes, KeyValue]]]:
+            return lambda store: store.latest(wanted)
+
+        answers = await asyncio.gather(
+            *(self._on(name, read(wanted)) for name, wanted in by_backend.items()), return_exceptions=True
+        )
+        found: dict[bytes, KeyValue] = {}
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            found.update(answer)
+        return found
 
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         """Every backend's finds, merged by key: a key lives in one backend, so each comes back once."""

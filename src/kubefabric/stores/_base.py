@@ -9,7 +9,7 @@ and compaction one: delete rows with `superseded <= C`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
@@ -93,6 +93,15 @@ class RangeRows:
     kvs: list[KeyValue]
     count: int
     revision: int  # the store's revision in the snapshot the rows were read from
+
+
+def point_rows(head: int, fields: list[object], keys_only: bool, count_only: bool) -> RangeRows:
+    """What a read of one key at the head returns, from the head revision and the key's live version
+    (fields all None if it has none)."""
+    if fields[0] is None:
+        return RangeRows([], 0, head)
+    kv = KeyValue._make(fields)
+    return RangeRows([] if count_only else [kv._replace(value=b"") if keys_only else kv], 1, head)
 
 
 def split_batch(batch: WriteBatch) -> tuple[list[tuple[int, bytes, int]], list[tuple[object, ...]]]:
@@ -201,8 +210,8 @@ class Store(Protocol):
         the number of rows returned.
         """
 
-    async def latest(self, key: bytes) -> KeyValue | None:
-        """The live version of one key."""
+    async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        """The live versions of `keys`, by key; a key that has none is left out."""
 
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         """The live versions (tombstones never) `lookup` selects whose key is > `after`, in key order, at most

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -465,9 +465,9 @@ class EtcdStore:
     async def unindexed(self, after: tuple[bytes, int], limit: int) -> list[KeyValue]:
         return []  # etcd keeps no selector index: selections are matched as values are read
 
-    async def latest(self, key: bytes) -> KeyValue | None:
-        rows = await self.range(key, None, 0, 0, False, False)
-        return rows.kvs[0] if rows.kvs else None
+    async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        answers = await asyncio.gather(*(self.range(key, None, 0, 0, False, False) for key in keys))
+        return {rows.kvs[0].key: rows.kvs[0] for rows in answers if rows.kvs}
 
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         # No index to ask: test every live key after `after`, a page at a time (range leaves the hidden keys out).

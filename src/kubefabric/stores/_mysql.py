@@ -19,7 +19,7 @@ import random
 import re
 import ssl
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
@@ -41,6 +41,7 @@ from kubefabric.stores._base import (
     StoredState,
     StoreUnavailable,
     WriteBatch,
+    point_rows,
     split_batch,
 )
 from kubefabric.stores._ownership import ConnectionLock, OwnershipLock, describe_this_process
@@ -151,7 +152,12 @@ KEYS_FROM = " AND `key` >= %s"
 KEYS_BEFORE = " AND `key` < %s"
 SELECT_RANGE = "SELECT {fields} {rows} ORDER BY `key`"
 COUNT_RANGE = "SELECT COUNT(*) {rows}"
-LATEST = f"SELECT {KV_FIELDS} {LIVE_ROWS} AND `key` = %s"
+# One key at the head with the revision it was read at: one statement, so one consistent read.
+POINT_READ = f"""
+SELECT m.value, {", ".join("k." + field for field in KV_FIELDS.split(", "))}
+FROM meta m LEFT JOIN kv k FORCE INDEX (kv_live) ON k.superseded = {LIVE} AND k.`key` = %s WHERE m.name = 'revision'
+"""
+LATEST = f"SELECT {KV_FIELDS} {LIVE_ROWS} AND `key` IN ({{keys}})"
 # A page ends with the revision of its `limit`-th change, all of it, so a txn's events are never split.
 LAST_REVISION_OF_PAGE = """
 SELECT mod_revision FROM kv FORCE INDEX (kv_history) WHERE mod_revision > %s AND mod_revision <= %s
@@ -652,6 +658,8 @@ class MysqlStore:
         selection: Selection | None = None,
         counted: bool = True,
     ) -> RangeRows:
+        if end is None and revision == 0 and selection is None:
+            return await self._point_read(start, keys_only, count_only)
         async with self._transaction(START_SNAPSHOT) as cursor:
             await cursor.execute(READ_REVISION)
             (head,) = await cursor.fetchone()
@@ -671,10 +679,19 @@ class MysqlStore:
             total = await _count(cursor, count, params) if full and counted else len(kvs)
         return RangeRows(kvs, total, head)
 
-    async def latest(self, key: bytes) -> KeyValue | None:
-        async with self._session(LATEST, (key,)) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else KeyValue._make(row)
+    async def _point_read(self, key: bytes, keys_only: bool, count_only: bool) -> RangeRows:
+        """A read of one key at the head (kube-apiserver's Get): one statement, not a transaction's four."""
+        async with self._session(POINT_READ, (key,)) as cursor:
+            head, *fields = await cursor.fetchone()
+        return point_rows(head, fields, keys_only, count_only)
+
+    async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        wanted = list(keys)
+        if not wanted:
+            return {}
+        async with self._session(LATEST.format(keys=", ".join(["%s"] * len(wanted))), wanted) as cursor:
+            rows = await cursor.fetchall()
+        return {row[0]: KeyValue._make(row) for row in rows}
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         async with self._transaction(START_SNAPSHOT) as cursor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
@@ -30,6 +30,7 @@ from kubefabric.stores._base import (
     StoredState,
     StoreUnavailable,
     WriteBatch,
+    point_rows,
     split_batch,
 )
 from kubefabric.stores._ownership import ConnectionLock, OwnershipLock, moment, this_process
@@ -170,7 +171,12 @@ UNINDEXED = f"""
 SELECT {KV_FIELDS} FROM kv WHERE (key, mod_revision) > ($1, $2) AND version > 0 ORDER BY key, mod_revision LIMIT $3
 """
 DIALECT = Dialect(placeholder=lambda n: f"${n}", key="key", empty_value="''::bytea")
-LATEST = f"SELECT {KV_FIELDS} FROM kv WHERE superseded = {LIVE} AND key = $1"
+# One key at the head with the revision it was read at: one statement, so one snapshot.
+POINT_READ = f"""
+SELECT m.value, {", ".join("k." + field for field in KV_FIELDS.split(", "))}
+FROM meta m LEFT JOIN kv k ON k.superseded = {LIVE} AND k.key = $1 WHERE m.name = 'revision'
+"""
+LATEST = f"SELECT {KV_FIELDS} FROM kv WHERE superseded = {LIVE} AND key = ANY($1::bytea[])"
 # Which versions a range sees: the live ones, or those valid at revision ${n}.
 LIVE_VERSIONS = f"superseded = {LIVE}"
 VERSIONS_AT = "mod_revision <= ${n} AND superseded > ${n}"
@@ -513,6 +519,8 @@ class PostgresStore:
         selection: Selection | None = None,
         counted: bool = True,
     ) -> RangeRows:
+        if end is None and revision == 0 and selection is None:
+            return await self._point_read(start, keys_only, count_only)
         async with self._snapshot() as connection:
             head = await connection.fetchval(READ_REVISION)
             past = revision if 0 < revision < head else None
@@ -531,6 +539,12 @@ class PostgresStore:
                 total = await connection.fetchval(count, *params, timeout=BULK_READ_TIMEOUT)
         return RangeRows([KeyValue._make(row) for row in rows], total, head)
 
+    async def _point_read(self, key: bytes, keys_only: bool, count_only: bool) -> RangeRows:
+        """A read of one key at the head (kube-apiserver's Get): one round trip, not a transaction's four."""
+        async with self._connection() as connection:
+            head, *fields = await connection.fetchrow(POINT_READ, key)
+        return point_rows(head, fields, keys_only, count_only)
+
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         async with self._snapshot() as connection:
             answers = [
@@ -544,10 +558,10 @@ class PostgresStore:
             rows = await connection.fetch(UNINDEXED, *after, limit, timeout=BULK_READ_TIMEOUT)
         return [KeyValue._make(row) for row in rows]
 
-    async def latest(self, key: bytes) -> KeyValue | None:
+    async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
         async with self._connection() as connection:
-            row = await connection.fetchrow(LATEST, key)
-        return None if row is None else KeyValue._make(row)
+            rows = await connection.fetch(LATEST, list(keys))
+        return {row[0]: KeyValue._make(row) for row in rows}
 
     async def changes(self, after: int, until: int, limit: int) -> list[Change]:
         # One statement, so one snapshot: no transaction needed.

@@ -13,7 +13,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -95,7 +95,9 @@ INSERT_ROW = f"INSERT INTO kv ({', '.join(ROW_COLUMNS)}) VALUES ({', '.join('?' 
 SUPERSEDE = "UPDATE kv SET superseded = ? WHERE key = ? AND mod_revision = ?"
 SET_META = "UPDATE meta SET value = ? WHERE name = ?"
 READ_REVISION = "SELECT value FROM meta WHERE name = 'revision'"
-READ_LATEST = f"SELECT {KV_FIELDS} FROM kv WHERE superseded = ? AND key = ?"
+READ_LATEST = f"SELECT {KV_FIELDS} FROM kv WHERE superseded = ? AND key IN ({{keys}})"
+# Keys per statement of `latest`: SQLite's oldest limit on bound parameters is 999.
+LATEST_CHUNK = 500
 CHANGES = """
 SELECT e.key, e.create_revision, e.mod_revision, e.version, e.value, e.lease, e.sub,
        p.key, p.create_revision, p.mod_revision, p.version, p.value, p.lease
@@ -460,11 +462,21 @@ class SqliteStore:
         finally:
             db.execute("COMMIT")
 
-    async def latest(self, key: bytes) -> KeyValue | None:
-        # A point read from a WAL snapshot takes microseconds and never waits for the writer, so it
-        # runs on the event loop's own connection: a hop to a reader thread would cost ten times more.
-        row = self._loop_db().execute(READ_LATEST, (LIVE, key)).fetchone()
-        return None if row is None else KeyValue._make(row)
+    async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
+        # Point reads from a WAL snapshot take microseconds and never wait for the writer, so they
+        # run on the event loop's own connection: a hop to a reader thread would cost ten times more.
+        db = self._loop_db()
+        wanted = list(keys)
+        found: dict[bytes, KeyValue] = {}
+        db.execute("BEGIN")  # one snapshot for every chunk
+        try:
+            for start in range(0, len(wanted), LATEST_CHUNK):
+                chunk = wanted[start : start + LATEST_CHUNK]
+                statement = READ_LATEST.format(keys=", ".join("?" * len(chunk)))
+                found.update((row[0], KeyValue._make(row)) for row in db.execute(statement, (LIVE, *chunk)))
+        finally:
+            db.execute("COMMIT")
+        return found
 
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         return await self._on_reader(lambda db: self._find(db, lookup, after, limit))
