@@ -241,6 +241,19 @@ async def test_finds_the_live_versions_with_the_rows(
     assert found == [latest[kv.key] for kv in found]
 
 
+async def test_latest_reads_the_live_version_of_each_key_asked_at_once(store: Store) -> None:
+    live = {**live_specs(), RAW[0]: None}
+    # Deleted, and never written: left out of the answer.
+    asked = [*live, PODS + b"d5", CONFIGMAPS + b"never-written"]
+    found = await store.latest(asked)
+    assert sorted(found) == sorted(live)
+    assert found[RAW[0]].value == RAW[1]
+    assert found[CONFIGMAPS + b"d4"].version == 2
+    # One at a time, the same.
+    for key in asked:
+        assert await store.latest([key]) == ({key: found[key]} if key in found else {})
+
+
 async def test_superseded_and_deleted_versions_are_never_found(store: Store) -> None:
     # d4's first version (owned by o3) was replaced, d5 (owned by o3) deleted; o1's key holds another uid.
     assert [kv.key for kv in await store.find(lookup(("o:uid-o3",)), b"", 0)] == [CONFIGMAPS + b"d6"]
