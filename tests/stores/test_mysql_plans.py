@@ -85,6 +85,10 @@ def statements(middle: int, head: int) -> dict[str, tuple[str, list[object]]]:
             shapes[f"{label} range: {name}, keys only"] = (select_range(rows, True, limit), params)
         rows, params = range_rows(big, prefix_end(big), revision)
         shapes[f"{label} count"] = (COUNT_RANGE.format(rows=rows), params)
+    # A list's later pages, at its revision (an older one, or still the head), with the head revision.
+    for label, revision in (("older", middle), ("head", head)):
+        rows, params = range_rows(big, prefix_end(big), revision)
+        shapes[f"later page at the {label} revision"] = (select_range(rows, False, LIMIT, head_column=True), params)
     for label, after in (("from the start", 0), ("mid-way", middle)):
         shapes[f"changes page end, {label}"] = (LAST_REVISION_OF_PAGE, [after, head, 99])
         shapes[f"changes, {label}"] = (CHANGES, [after, after + 150])
@@ -138,3 +142,6 @@ def test_plans_use_the_intended_indexes(plans: dict[str, list[dict[str, Any]]]) 
     assert indexes("changes, mid-way") == ["kv_history", "kv_live"]
     assert indexes("changes page end, mid-way") == ["kv_history"]
     assert indexes("compaction chunk") == ["kv_live"]
+    assert indexes("later page at the older revision") == ["PRIMARY", "PRIMARY"]  # kv in key order, then meta
+    assert indexes("later page at the head revision") == ["PRIMARY", "PRIMARY"]
+    assert indexes("point read") == ["PRIMARY", "kv_live"]

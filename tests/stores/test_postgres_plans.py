@@ -152,6 +152,17 @@ def test_a_page_of_a_range_uses_an_index(database: Loaded, keys: str, at: str) -
     assert_indexed(plan, ordered=database.analyzed and keys in BIG_RANGES)
 
 
+@pytest.mark.parametrize("keys", BIG_RANGES)
+@pytest.mark.parametrize("at", ["head", "past revision"])
+def test_a_later_page_of_a_list_uses_an_index(database: Loaded, keys: str, at: str) -> None:
+    """Pages after a list's first read the versions at its revision (maybe still the head) in one
+    statement that also reads the head revision."""
+    start, end = RANGES[keys]
+    revision = database.head if at == "head" else database.past
+    select, _, params = range_queries(start, end, revision, LIMIT, False, head_column=True)
+    assert_indexed(plan_of(database.endpoint, select, *params), ordered=database.analyzed)
+
+
 @pytest.mark.parametrize("keys", [name for name in RANGES if name not in BIG_RANGES])
 @pytest.mark.parametrize("at", ["head", "past revision"])
 def test_whole_small_ranges_and_their_counts_use_an_index(database: Loaded, keys: str, at: str) -> None:
