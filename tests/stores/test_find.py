@@ -254,6 +254,24 @@ async def test_latest_reads_the_live_version_of_each_key_asked_at_once(store: St
         assert await store.latest([key]) == ({key: found[key]} if key in found else {})
 
 
+async def test_later_pages_read_what_a_counted_read_at_their_revision_does(store: Store) -> None:
+    """A list's pages after its first (their count known: `counted` False) are read another way on
+    PostgreSQL and MariaDB; at every revision, from every start, they hold what a counted read of the
+    range does, and name the head revision, an empty page included."""
+    head = await store.revision()
+    start, end = b"/registry/", b"/registry0"
+    for revision in range(1, head + 1):
+        whole = (await store.range(start, end, revision, 0, False, False)).kvs
+        for after in (start, *(kv.key + b"\0" for kv in whole[::5])):
+            expected = [kv for kv in whole if kv.key >= after][:4]
+            page = await store.range(after, end, revision, 4, False, False, None, counted=False)
+            assert (page.kvs, page.revision) == (expected, head), (revision, after)
+            page = await store.range(after, end, revision, 4, True, False, None, counted=False)
+            assert page.kvs == [kv._replace(value=b"") for kv in expected], (revision, after)
+    empty = await store.range(end, b"/registry1", head, 4, False, False, None, counted=False)
+    assert (empty.kvs, empty.revision) == ([], head)
+
+
 async def test_superseded_and_deleted_versions_are_never_found(store: Store) -> None:
     # d4's first version (owned by o3) was replaced, d5 (owned by o3) deleted; o1's key holds another uid.
     assert [kv.key for kv in await store.find(lookup(("o:uid-o3",)), b"", 0)] == [CONFIGMAPS + b"d6"]
