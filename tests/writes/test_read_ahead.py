@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kubefabric.core._read_ahead import REMEMBERED_LANDINGS, ReadAhead
+from kubefabric.core._read_ahead import REMEMBERED_KEYS, REMEMBERED_LANDINGS, ReadAhead
 from kubefabric.stores import Change, KeyValue, WriteBatch
 from kubefabric.stores._sqlite import SqliteStore
 
@@ -68,6 +68,17 @@ async def test_too_many_landings_since_a_read_make_it_unknown(store: CountingSto
     assert versions.get(B)[0]
     read_ahead.landed({C})
     read_ahead.landed({C})  # the landings since the read are no longer all remembered
+    assert versions.get(B) == (False, None)
+
+
+async def test_landings_of_more_keys_than_are_remembered_make_a_read_unknown(store: CountingStore) -> None:
+    """A bulk load lands thousands of keys at a time: only so many are kept, and what they leave out
+    is not trusted."""
+    read_ahead = ReadAhead(store)
+    versions = await read_ahead.read([B])
+    read_ahead.landed({b"/registry/other-%d" % number for number in range(REMEMBERED_KEYS)})
+    assert versions.get(B)[0]
+    read_ahead.landed({C})
     assert versions.get(B) == (False, None)
 
 

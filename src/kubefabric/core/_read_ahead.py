@@ -20,8 +20,10 @@ from collections.abc import Collection, Iterable
 
 from kubefabric.stores import KeyValue, Store
 
-# Landings whose keys are remembered; a read older than these is not trusted for any key.
+# Recent landings whose keys are remembered, and how many keys they may hold in all (a bulk load
+# lands thousands at a time); a read older than the landings remembered is not trusted for any key.
 REMEMBERED_LANDINGS = 256
+REMEMBERED_KEYS = 16_384
 
 
 class Versions:
@@ -46,7 +48,8 @@ class ReadAhead:
     def __init__(self, store: Store) -> None:
         self._store = store
         self._landings = 0
-        self._recent: deque[tuple[int, Collection[bytes] | None]] = deque(maxlen=REMEMBERED_LANDINGS)
+        self._recent: deque[tuple[int, Collection[bytes] | None]] = deque()
+        self._remembered_keys = 0
         self._wanted: set[bytes] = set()
         self._waiters: list[asyncio.Future[Versions]] = []
         self._reading: asyncio.Task[None] | None = None
@@ -64,13 +67,19 @@ class ReadAhead:
 
     def landed(self, keys: Collection[bytes]) -> None:
         """Commits that wrote `keys` are durable: versions read before now of those keys are out of date."""
-        self._landings += 1
-        self._recent.append((self._landings, keys))
+        self._remember(keys)
 
     def forget(self) -> None:
         """Every version read before now is out of date (a failed commit may have reached the database)."""
+        self._remember(None)
+
+    def _remember(self, keys: Collection[bytes] | None) -> None:
         self._landings += 1
-        self._recent.append((self._landings, None))
+        self._recent.append((self._landings, keys))
+        self._remembered_keys += len(keys or ())
+        while len(self._recent) > REMEMBERED_LANDINGS or self._remembered_keys > REMEMBERED_KEYS:
+            _, dropped = self._recent.popleft()
+            self._remembered_keys -= len(dropped or ())
 
     def landed_since(self, key: bytes, landing: int) -> bool:
         if landing == self._landings:
