@@ -243,8 +243,9 @@ async def test_finds_the_live_versions_with_the_rows(
 
 async def test_latest_reads_the_live_version_of_each_key_asked_at_once(store: Store) -> None:
     live = {**live_specs(), RAW[0]: None}
-    # Deleted, and never written: left out of the answer.
-    asked = [*live, PODS + b"d5", CONFIGMAPS + b"never-written"]
+    # Deleted, and never written: left out of the answer. Enough keys for the etcd store's reads to go in
+    # several rounds.
+    asked = [*live, PODS + b"d5", *(CONFIGMAPS + b"never-written-%d" % number for number in range(100))]
     found = await store.latest(asked)
     assert sorted(found) == sorted(live)
     assert found[RAW[0]].value == RAW[1]

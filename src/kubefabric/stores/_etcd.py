@@ -61,6 +61,7 @@ DEFRAGMENT_TIMEOUT = 3600.0  # etcd rewrites its whole database file
 RECENT_CHANGES = 10_000
 PRUNE_SECONDS = 60.0
 FIND_PAGE = 1000  # live keys read per request while looking through them (etcd keeps no attribute index)
+LATEST_CONCURRENCY = 64  # Ranges `latest` has in flight at once
 _OUTAGE_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
 
 
@@ -466,8 +467,20 @@ class EtcdStore:
         return []  # etcd keeps no selector index: selections are matched as values are read
 
     async def latest(self, keys: Collection[bytes]) -> dict[bytes, KeyValue]:
-        answers = await asyncio.gather(*(self.range(key, None, 0, 0, False, False) for key in keys))
-        return {rows.kvs[0].key: rows.kvs[0] for rows in answers if rows.kvs}
+        # One Range per key, LATEST_CONCURRENCY at a time: a collection may ask for thousands of keys.
+        wanted = list(keys)
+        found: dict[bytes, KeyValue] = {}
+        for start in range(0, len(wanted), LATEST_CONCURRENCY):
+            chunk = wanted[start : start + LATEST_CONCURRENCY]
+            answers = await asyncio.gather(
+                *(self.range(key, None, 0, 0, False, False) for key in chunk), return_exceptions=True
+            )
+            for answer in answers:
+                if isinstance(answer, BaseException):
+                    raise answer
+                if answer.kvs:
+                    found[answer.kvs[0].key] = answer.kvs[0]
+        return found
 
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         # No index to ask: test every live key after `after`, a page at a time (range leaves the hidden keys out).
