@@ -1,6 +1,7 @@
 """Kubernetes objects as kube-apiserver stores them: label and field selectors, parsed and matched exactly as
 Kubernetes does, the metadata and selectable fields of stored objects, decoded from JSON or protobuf, and the
-edits of their metadata that garbage collection writes.
+edits of their metadata that garbage collection writes, and protobuf's varint, which the server writes
+responses with too.
 
 Pure functions without I/O, the lowest layer: stores, core and protocol all use it.
 """
@@ -29,6 +30,7 @@ from kubefabric.objects._selectors import (
     label_integer,
     parse_selector,
 )
+from kubefabric.objects._wire_write import varint
 
 __all__ = [
     "COLLECTED_LABEL",
@@ -49,4 +51,5 @@ __all__ = [
     "parse_selector",
     "remove_finalizer",
     "remove_owner_references",
+    "varint",
 ]

@@ -26,6 +26,7 @@ from kubefabric.core import (
     request_selector,
 )
 from kubefabric.etcdpb import kv_pb2, rpc_pb2
+from kubefabric.objects import varint
 
 Header = rpc_pb2.ResponseHeader
 
@@ -166,60 +167,34 @@ def _key_value_fields(kvs: list[KeyValue]) -> list[bytes]:
             head = b"".join(
                 (
                     b"\x0a",
-                    _varint(len(key)),
+                    varint(len(key)),
                     key,
                     b"\x10",
-                    _varint(create_revision),
+                    varint(create_revision),
                     b"\x18",
-                    _varint(mod_revision),
+                    varint(mod_revision),
                     b"\x20",
-                    _varint(version),
+                    varint(version),
                     b"\x2a",
-                    _varint(len(value)),
+                    varint(len(value)),
                 )
             )
         else:
-            head = b"\x0a" + _varint(len(key)) + key if key else b""
+            head = b"\x0a" + varint(len(key)) + key if key else b""
             if create_revision:
-                head += b"\x10" + _varint(create_revision)
+                head += b"\x10" + varint(create_revision)
             if mod_revision:
-                head += b"\x18" + _varint(mod_revision)
+                head += b"\x18" + varint(mod_revision)
             if version:
-                head += b"\x20" + _varint(version)
+                head += b"\x20" + varint(version)
             if value:
-                head += b"\x2a" + _varint(len(value))
+                head += b"\x2a" + varint(len(value))
         if lease:
-            tail = b"\x30" + _varint(lease)
-            extend((b"\x12", _varint(len(head) + len(value) + len(tail)), head, value, tail))
+            tail = b"\x30" + varint(lease)
+            extend((b"\x12", varint(len(head) + len(value) + len(tail)), head, value, tail))
         else:
-            extend((b"\x12", _varint(len(head) + len(value)), head, value))
+            extend((b"\x12", varint(len(head) + len(value)), head, value))
     return parts
-
-
-def _varint(number: int) -> bytes:
-    """Protobuf's base-128 varint; a negative int64 as its 64-bit two's complement."""
-    # This runs several times per key: its 7-bit groups come from tables, 14 bits at a time.
-    if 0 <= number < 0x4000:
-        return _SHORT_VARINTS[number]
-    if 0 <= number < 0x1000_0000:
-        return _CONTINUED_PAIRS[number & 0x3FFF] + _SHORT_VARINTS[number >> 14]
-    if 0 <= number < 0x400_0000_0000:
-        return (
-            _CONTINUED_PAIRS[number & 0x3FFF] + _CONTINUED_PAIRS[number >> 14 & 0x3FFF] + _SHORT_VARINTS[number >> 28]
-        )
-    number &= 0xFFFF_FFFF_FFFF_FFFF
-    encoded = bytearray()
-    while number >= 0x80:
-        encoded.append(number & 0x7F | 0x80)
-        number >>= 7
-    encoded.append(number)
-    return bytes(encoded)
-
-
-# The varint of each number below 2**14, and the low 14 bits of a larger one (two groups, both marked
-# as continued).
-_SHORT_VARINTS = [bytes((n,)) if n < 0x80 else bytes((n & 0x7F | 0x80, n >> 7)) for n in range(0x4000)]
-_CONTINUED_PAIRS = [bytes((n & 0x7F | 0x80, n >> 7 | 0x80)) for n in range(0x4000)]
 
 
 def put_response(result: PutResult, header: Header) -> rpc_pb2.PutResponse:
