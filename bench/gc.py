@@ -24,19 +24,17 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-import grpc
-
 from bench.run import (
     Bench,
+    Failed,
     Settings,
     build_loadgen,
     comma_separated,
     cpu_seconds,
-    error_summary,
-    log_tail,
+    on_fresh_server,
     work_directory,
 )
-from bench.targets import KUBEFABRIC_STORES, clean_up, start_target
+from bench.targets import KUBEFABRIC_STORES, clean_up
 from kubefabric.etcdpb import rpc_pb2, rpc_pb2_grpc
 from kubefabric.objects import COLLECTED_LABEL
 from tests._client import prefix_end, put_op
@@ -231,20 +229,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             for target in args.targets:
                 print(f"{target}: {args.dependents:,} dependents ...", file=sys.stderr, flush=True)
-                server: ServerProcess | None = None
-                try:
-                    server = start_target(target, workdir / target)
-                    results[target] = rows(measure(bench, server, args))
-                    print("  " + ", ".join(results[target]), file=sys.stderr, flush=True)
-                except Exception as error:  # a failing target does not stop the others
-                    summary = f"{error.code().name}: {error.details()}" if isinstance(error, grpc.Call) else None
-                    results[target] = [f"failed: {summary or error_summary(error)}"] + [""] * (len(ROWS) - 1)
-                    print(f"  failed: {error}", file=sys.stderr)
-                    if server is not None:
-                        print(f"  server log tail:\n{log_tail(server)}", file=sys.stderr, flush=True)
-                finally:
-                    if server is not None:
-                        server.stop()
+                measured = on_fresh_server(target, workdir / target, lambda server: rows(measure(bench, server, args)))
+                if isinstance(measured, Failed):
+                    results[target] = [f"failed: {measured.summary}"] + [""] * (len(ROWS) - 1)
+                else:
+                    results[target] = measured
+                    print("  " + ", ".join(measured), file=sys.stderr, flush=True)
         finally:
             clean_up()
     print(

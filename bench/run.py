@@ -8,6 +8,7 @@ each target's numbers and their ratio to etcd's.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -21,10 +22,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import grpc
 
 from bench.report import CpuUse, Measured, TargetRun, Window, WorkloadRows, render
 from bench.targets import FLOOR, FLOOR_WORKLOADS, REFERENCE, TARGETS, clean_up, start_target
 from tests._servers import REPO_ROOT, ServerProcess
+
+T = TypeVar("T")
 
 LOADGEN_SOURCE = Path(__file__).parent / "loadgen" / "main.go"
 LOADGEN_BUILD_DIR = REPO_ROOT / "build" / "bench"
@@ -267,9 +273,34 @@ def log_tail(server: ServerProcess, lines: int = 15) -> str:
 
 
 def error_summary(error: Exception) -> str:
-    """One line for the report: the error's first line and, for a multi-line one (a log tail), its last."""
+    """One line for the report: a gRPC status, or the error's first line and, for a multi-line one (a log
+    tail), its last."""
+    if isinstance(error, grpc.Call):
+        return f"{error.code().name}: {error.details()}"
     lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
     return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+
+
+@dataclass(frozen=True)
+class Failed:
+    summary: str  # one line, for the report
+
+
+def on_fresh_server(target: str, workdir: Path, measure: Callable[[ServerProcess], T]) -> T | Failed:
+    """`measure` on a freshly started server of target, stopped afterwards. A server under development may fail
+    one measurement and the others still run: a failure is printed with the server's log tail and returned."""
+    server: ServerProcess | None = None
+    try:
+        server = start_target(target, workdir)
+        return measure(server)
+    except Exception as error:
+        print(f"  failed: {error}", file=sys.stderr)
+        if server is not None:
+            print(f"  server log tail:\n{log_tail(server)}", file=sys.stderr, flush=True)
+        return Failed(error_summary(error))
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Workload]) -> TargetRun:
@@ -280,22 +311,15 @@ def run_target(bench: Bench, target: str, workdir: Path, workloads: Sequence[Wor
             continue
         print(f"{target}: {workload.name} ...", file=sys.stderr, flush=True)
         started = time.monotonic()
-        server: ServerProcess | None = None
-        try:
-            server = start_target(target, workdir / workload.name)
-            run.measured[workload.name] = measured = workload.measure(bench, server)
-            numbers = ", ".join(
-                f"{label}: {value:.1f}" for label, value in zip(workload.rows, measured.values, strict=True)
-            )
-            print(f"  {numbers} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-        except Exception as error:  # a server under development may fail one workload; keep the others
-            run.failures[workload.name] = error_summary(error)
-            print(f"  failed: {error}", file=sys.stderr)
-            if server is not None:
-                print(f"  server log tail:\n{log_tail(server)}", file=sys.stderr, flush=True)
-        finally:
-            if server is not None:
-                server.stop()
+        measured = on_fresh_server(target, workdir / workload.name, functools.partial(workload.measure, bench))
+        if isinstance(measured, Failed):
+            run.failures[workload.name] = measured.summary
+            continue
+        run.measured[workload.name] = measured
+        numbers = ", ".join(
+            f"{label}: {value:.1f}" for label, value in zip(workload.rows, measured.values, strict=True)
+        )
+        print(f"  {numbers} ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
     return run
 
 
