@@ -67,7 +67,11 @@ class RoutedStore:
             raise StoreUnavailable(f"backend {backend!r}: {error}") from None
 
     async def _on_all(self, backends: list[str], work: Callable[[Store], Awaitable[T]]) -> list[T]:
-        results = await asyncio.gather(*(self._on(name, work) for name in backends), return_exceptions=True)
+        return await self._on_each({name: work for name in backends})
+
+    async def _on_each(self, work: dict[str, Callable[[Store], Awaitable[T]]]) -> list[T]:
+        """Run each backend's work at once; the first outage, by name, once all are done."""
+        results = await asyncio.gather(*(self._on(name, job) for name, job in work.items()), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -258,15 +262,8 @@ class RoutedStore:
         def read(wanted: list[bytes]) -> Callable[[Store], Awaitable[dict[bytes, KeyValue]]]:
             return lambda store: store.latest(wanted)
 
-        answers = await asyncio.gather(
-            *(self._on(name, read(wanted)) for name, wanted in by_backend.items()), return_exceptions=True
-        )
-        found: dict[bytes, KeyValue] = {}
-        for answer in answers:
-            if isinstance(answer, BaseException):
-                raise answer
-            found.update(answer)
-        return found
+        answers = await self._on_each({name: read(wanted) for name, wanted in by_backend.items()})
+        return {key: kv for found in answers for key, kv in found.items()}
 
     async def find(self, lookup: Lookup, after: bytes, limit: int) -> list[KeyValue]:
         """Every backend's finds, merged by key: a key lives in one backend, so each comes back once."""
